@@ -1,0 +1,196 @@
+"""python -m engine VERB ...: generate, models, download, bench.
+
+Exit 0 on success; 2 on bad input, with one line on stderr and no traceback (DESIGN.md's CLI contract).
+Heavy imports (torch, diffusers) happen inside the verbs, so `--help` and errors in arguments are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from engine.errors import EngineError
+
+EXIT_BAD_INPUT = 2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints usage plus the error; the contract is one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see: {self.prog} --help)\n")
+
+
+def _add_model_choice(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--preset", help="preset name (see: python -m engine models); default tiny-shapes")
+    group.add_argument("--model", type=Path, help="a model folder in the diffusers layout (model_index.json)")
+    parser.add_argument("--models-dir", type=Path, default=Path("models"), help="where hub repos live (default ./models)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineParser(prog="python -m engine", description="The studio's engine from the command line.")
+    parser.add_argument("--verbose", action="store_true", help="log what the engine does")
+    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=OneLineParser)
+
+    generate = verbs.add_parser("generate", help="make images from a prompt (or an input image)")
+    _add_model_choice(generate)
+    generate.add_argument("--prompt", required=True)
+    generate.add_argument("--negative", help="negative prompt (used when cfg > 1)")
+    generate.add_argument("--width", type=int)
+    generate.add_argument("--height", type=int)
+    generate.add_argument("--steps", type=int)
+    generate.add_argument("--cfg", type=float)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--count", type=int, default=1, help="images, with seeds seed..seed+count-1")
+    generate.add_argument("--input-image", type=Path, help="start from this image (image-to-image)")
+    generate.add_argument("--strength", type=float, help="image-to-image strength in (0, 1]; default 0.6")
+    generate.add_argument("--device", help="cuda, cpu, mps; default: cuda when present")
+    generate.add_argument("--out", type=Path, required=True, help="PNG to write (with -1, -2... for several)")
+
+    models = verbs.add_parser("models", help="list presets, whether their files are present, size on disk")
+    models.add_argument("--models-dir", type=Path, default=Path("models"))
+
+    download = verbs.add_parser("download", help="fetch a preset's files from ModelScope or Hugging Face")
+    download.add_argument("--preset", required=True)
+    download.add_argument("--hub", choices=["modelscope", "huggingface"], default="modelscope")
+    download.add_argument("--models-dir", type=Path, default=Path("models"))
+
+    bench = verbs.add_parser("bench", help="benchmarks: pipeline (ours vs diffusers), load (peak memory)")
+    benches = bench.add_subparsers(dest="bench", required=True, parser_class=OneLineParser)
+    pipeline = benches.add_parser("pipeline", help="time our pipeline against diffusers' on the same files")
+    pipeline.add_argument("--model", type=Path, help="model folder; default: a synthetic Qwen-Image made in .bench/")
+    pipeline.add_argument("--width", type=int, default=256)
+    pipeline.add_argument("--height", type=int, default=256)
+    pipeline.add_argument("--steps", type=int, default=8)
+    pipeline.add_argument("--cfg", type=float, default=4.0)
+    pipeline.add_argument("--repeats", type=int, default=3, help="alternating runs of each pipeline")
+    pipeline.add_argument("--json", action="store_true", help="print the figures as JSON")
+    load = benches.add_parser("load", help="peak RSS while loading a synthetic transformer, against its file size")
+    load.add_argument("--gb", type=float, default=1.0, help="size of the synthetic transformer in GB (float32)")
+    load.add_argument("--json", action="store_true")
+    return parser
+
+
+def _out_paths(out: Path, count: int) -> list[Path]:
+    if out.suffix.lower() != ".png":
+        raise EngineError(f"--out must name a .png file, got {out}.")
+    if count == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{index + 1}{out.suffix}") for index in range(count)]
+
+
+def _progress_printer():
+    if not sys.stderr.isatty():
+        return None
+
+    def show(progress) -> None:
+        end = "\n" if progress.step == progress.total else ""
+        eta = f", {progress.eta_s:.1f}s left" if progress.step else ""
+        sys.stderr.write(f"\rstep {progress.step}/{progress.total}{eta}   {end}")
+        sys.stderr.flush()
+
+    return show
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    import engine.api as api
+    from engine.metadata import parameters_for, save_png
+    from engine.pipelines.run_control import RunControl
+    from engine.presets import DEFAULT_PRESET
+    from engine.settings import fit_to_limits
+
+    target = args.model if args.model is not None else (args.preset or DEFAULT_PRESET)
+    if args.model is not None and not args.model.is_dir():
+        raise EngineError(f"--model {args.model} is not a folder.")
+    if args.input_image is None and args.strength is not None:
+        raise EngineError("--strength needs --input-image.")
+    paths = _out_paths(args.out, args.count)
+    # Everything that can be checked without weights is checked before the (slow) load.
+    preset = api.resolve_preset(target)
+    strength = args.strength if args.strength is not None else (0.6 if args.input_image is not None else None)
+    settings = api.settings_for(preset, args.prompt, negative_prompt=args.negative, width=args.width,
+                                height=args.height, steps=args.steps, cfg=args.cfg, seed=args.seed,
+                                count=args.count, strength=strength)
+    fit_to_limits(settings, preset.limits, preset.title)
+    image = None
+    if args.input_image is not None:
+        from engine.pipelines.qwen_image import load_input_image
+
+        image = load_input_image(str(args.input_image))
+    model = api.load(target, models_dir=args.models_dir, device=args.device)
+    result = model.generate(settings, input_image=image, control=RunControl(on_progress=_progress_printer()))
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    preset_name = model.preset.name
+    input_name = str(args.input_image) if args.input_image is not None else None
+    for path, picture, seed in zip(paths, result.images, result.seeds):
+        save_png(picture, path, parameters_for(result.settings, preset_name, seed, input_image=input_name))
+        print(path)
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from engine.presets import all_presets
+    from engine.sources import component_status
+
+    rows = [("preset", "files", "on disk", "title")]
+    for preset in all_presets():
+        statuses = component_status(preset, args.models_dir)
+        present = all(status.present for status in statuses)
+        size = sum(status.size_bytes for status in statuses)
+        rows.append((preset.name, "present" if present else "missing", _human_bytes(size), preset.title))
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from engine.presets import load_preset
+    from engine.sources import Hub, download
+
+    preset = load_preset(args.preset)
+    last = {"percent": -1}
+
+    def progress(done: int, total: int, filename: str) -> None:
+        percent = int(done * 100 / total) if total else 0
+        if percent != last["percent"]:
+            last["percent"] = percent
+            print(f"\r{percent:3d}% {filename[-60:]}", end="", file=sys.stderr, flush=True)
+
+    download(preset, args.models_dir, Hub(args.hub), progress)
+    print(f"\n{preset.name}: all files present under {args.models_dir}", file=sys.stderr)
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from engine import bench
+
+    return {"pipeline": bench.run_pipeline_bench, "load": bench.run_load_bench}[args.bench](args)
+
+
+def _human_bytes(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GB"
+
+
+VERBS = {"generate": run_generate, "models": run_models, "download": run_download, "bench": run_bench}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return VERBS[args.verb](args)
+    except EngineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was saved.", file=sys.stderr)
+        return 130
