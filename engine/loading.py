@@ -103,9 +103,11 @@ def load_diffusers_module(model_class: type, component: ResolvedComponent, dtype
         del shard
     missing = sorted(expected - seen)
     if missing or unexpected:
+        problems = [f"{len(names)} {kind} (first: {names[0]})"
+                    for kind, names in (("missing", missing), ("unexpected", sorted(unexpected))) if names]
         raise WeightsError(
             f"The weights in {component.folder} do not fit {model_class.__name__} built from {config_path}: "
-            f"{len(missing)} missing (e.g. {missing[:1]}), {len(unexpected)} unexpected (e.g. {unexpected[:1]}).",
+            f"{' and '.join(problems)} tensors.",
             "The config and the weights come from different models; download the component again.")
     # Buffers made in __init__ (RoPE tables) were built on the CPU in float32; move them with the model.
     return model.to(device).eval().requires_grad_(False)
