@@ -178,3 +178,55 @@ def test_models_lists_presets_with_presence_and_size(capsys, tmp_path):
     lines = stdout.strip().splitlines()
     assert lines[0].split() == ["preset", "files", "on", "disk", "title"]
     assert lines[1].split()[:4] == ["qwen-image", "missing", "0", "B"]
+
+
+def test_download_then_generate_with_a_preset_when_hub_is_faked_at_the_network_boundary(
+        capsys, monkeypatch, tiny_qwen_dir, tmp_path):
+    """`download` asks ModelScope for the preset's patterns; a fake hub serves the tiny repo's files in the
+    Qwen/Qwen-Image layout; then `generate --preset qwen-image` runs on them like on a real download."""
+    import fnmatch
+    import shutil
+
+    import modelscope
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, allow_patterns, local_dir, progress_callbacks=None):
+        calls.append((repo_id, sorted(allow_patterns), local_dir))
+        for path in sorted(tiny_qwen_dir.rglob("*")):
+            relative = path.relative_to(tiny_qwen_dir).as_posix()
+            if path.is_file() and any(fnmatch.fnmatch(relative, pattern) for pattern in allow_patterns):
+                target = Path(local_dir) / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, target)
+                for callback_class in progress_callbacks or []:
+                    callback = callback_class(relative, path.stat().st_size)
+                    callback.update(path.stat().st_size)
+        return local_dir
+
+    monkeypatch.setattr(modelscope, "snapshot_download", fake_snapshot_download)
+    models = tmp_path / "models"
+    code, _, err = run_cli(capsys, "download", "--preset", "qwen-image", "--models-dir", models)
+    assert code == 0, err
+    assert calls == [("Qwen/Qwen-Image", sorted([
+        "transformer/config.json", "transformer/diffusion_pytorch_model*.safetensors",
+        "transformer/diffusion_pytorch_model.safetensors.index.json", "vae/config.json",
+        "vae/diffusion_pytorch_model*.safetensors", "text_encoder/config.json", "text_encoder/generation_config.json",
+        "text_encoder/model*.safetensors", "text_encoder/model.safetensors.index.json", "tokenizer/*.json",
+        "tokenizer/*.txt", "tokenizer/*.jinja", "scheduler/scheduler_config.json"]), str(models / "Qwen/Qwen-Image"))]
+    assert "100% " in err and err.rstrip().endswith(f"qwen-image: all files present under {models}")
+
+    out = tmp_path / "fox.png"
+    code, stdout, err = run_cli(capsys, "generate", "--preset", "qwen-image", "--models-dir", models, "--prompt",
+                                "a red fox", "--width", "256", "--height", "256", "--steps", "2", "--out", out)
+    assert code == 0, err
+    assert read_parameters(out)["preset"] == "qwen-image"
+    code, stdout, _ = run_cli(capsys, "models", "--models-dir", models)
+    assert stdout.splitlines()[1].split()[:2] == ["qwen-image", "present"]
+
+
+def test_engine_never_imports_gradio():
+    code = ("import sys, engine, engine.api, engine.cli, engine.bench, engine.sources, engine.pipelines.qwen_image;"
+            "print('gradio' in sys.modules)")
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert completed.stdout.strip() == "False", completed.stderr
