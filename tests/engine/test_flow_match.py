@@ -31,26 +31,10 @@ from engine.schedulers.flow_match import (
     flow_match_schedule,
     training_target,
 )
+from engine.toyworld.tiny_qwen_image import QWEN_IMAGE_SCHEDULER_CONFIG
 
-# Qwen/Qwen-Image scheduler/scheduler_config.json, verbatim.
-QWEN_IMAGE_SCHEDULER_JSON = {
-    "_class_name": "FlowMatchEulerDiscreteScheduler",
-    "_diffusers_version": "0.34.0.dev0",
-    "base_image_seq_len": 256,
-    "base_shift": 0.5,
-    "invert_sigmas": False,
-    "max_image_seq_len": 8192,
-    "max_shift": 0.9,
-    "num_train_timesteps": 1000,
-    "shift": 1.0,
-    "shift_terminal": 0.02,
-    "stochastic_sampling": False,
-    "time_shift_type": "exponential",
-    "use_beta_sigmas": False,
-    "use_dynamic_shifting": True,
-    "use_exponential_sigmas": False,
-    "use_karras_sigmas": False,
-}
+# Qwen/Qwen-Image scheduler/scheduler_config.json, verbatim, as the tiny repos write it.
+QWEN_IMAGE_SCHEDULER_JSON = QWEN_IMAGE_SCHEDULER_CONFIG
 
 SEQ_LEN_1024 = (1024 // 16) * (1024 // 16)  # 4096
 SEQ_LEN_1328 = (1328 // 16) * (1328 // 16)  # 6889
