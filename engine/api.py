@@ -13,23 +13,32 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image
 
-from engine.loading import QwenImageModules, load_qwen_image
+from engine.loading import QwenImageModules, default_device, default_dtype
 from engine.pipelines import qwen_image
 from engine.pipelines.preview import LatentProjection
 from engine.pipelines.run_control import RunControl
 from engine.presets import DEFAULT_PRESET, Preset, Role, load_preset, preset_for_folder
 from engine.settings import GenerateSettings, fit_to_limits
 from engine.sources import DEFAULT_MODELS_DIR, resolve
+from engine.vram.vocabulary import Mode
+
+if TYPE_CHECKING:
+    from engine.vram.apply import PlannedModel
+    from engine.vram.planner import VramPlan
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_preset(preset_or_folder: str | Path) -> Preset:
-    """A preset by name, or a preset made for a model folder (anything that is an existing directory)."""
+def resolve_preset(preset_or_folder: str | Path | Preset) -> Preset:
+    """A preset by name, a preset made for a model folder (anything that is an existing directory), or a
+    Preset already read (the studio reads presets from the folder it was given) as is."""
+    if isinstance(preset_or_folder, Preset):
+        return preset_or_folder
     if isinstance(preset_or_folder, Path) or Path(str(preset_or_folder)).is_dir():
         return preset_for_folder(Path(preset_or_folder))
     return load_preset(str(preset_or_folder))
@@ -49,6 +58,12 @@ class Model:
     preset: Preset
     modules: QwenImageModules
     projection: LatentProjection
+    planned: PlannedModel | None = None  # the VRAM plan in effect and its runtime (engine.vram)
+
+    @property
+    def plan(self) -> VramPlan | None:
+        """Where the weights live now (engine.vram's plan); a run may move to another and says so in its notes."""
+        return self.planned.plan if self.planned is not None else None
 
     def settings(self, prompt: str, **overrides) -> GenerateSettings:
         """Settings with this model's defaults for anything not given."""
@@ -62,16 +77,49 @@ class Model:
         for note in notes:
             logger.info(note)
         image = qwen_image.load_input_image(input_image) if input_image is not None else None
-        result = qwen_image.generate(self.modules, settings, image, control, self.projection)
+        if self.planned is None:
+            result = qwen_image.generate(self.modules, settings, image, control, self.projection)
+        else:
+            from engine.vram.fallback import run_with_fallback
+            from engine.vram.workload import Workload
+
+            # Out of memory: plan again with less and retry; the notes say what changed.
+            result, vram_notes = run_with_fallback(
+                self.planned, Workload.of(settings),
+                lambda modules: qwen_image.generate(modules, settings, image, control, self.projection))
+            self.modules = self.planned.modules
+            notes += vram_notes
+            result.plan = self.planned.plan
         result.notes[:0] = notes
         return result
 
 
-def load(preset_or_folder: str | Path = DEFAULT_PRESET, *, models_dir: Path = DEFAULT_MODELS_DIR,
-         device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> Model:
-    """Load a model by preset name or folder. Missing files raise MissingFilesError with the download command."""
+def warm_up() -> None:
+    """Import what a first load needs (diffusers' model modules take seconds), e.g. in the background while
+    a user types a first prompt; loads nothing."""
+    from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel  # noqa: F401
+    from transformers import Qwen2_5_VLForConditionalGeneration, Qwen2Tokenizer  # noqa: F401
+
+
+def load(preset_or_folder: str | Path | Preset = DEFAULT_PRESET, *, models_dir: Path = DEFAULT_MODELS_DIR,
+         device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+         vram_gb: float | None = None, ram_gb: float | None = None, mode: Mode | str = Mode.AUTO) -> Model:
+    """Load a model by preset (name or Preset) or folder. Missing files raise MissingFilesError with the
+    download command.
+
+    Where the weights live is planned for this machine (engine.vram): what fits stays on the device, the rest
+    streams from RAM or disk, in fp8 where that keeps more resident. vram_gb and ram_gb limit the memory the
+    plan may use (on the CPU, ram_gb); mode forces a strategy (auto, resident, stream, fp8). model.plan says
+    what was chosen; PlanError when the model cannot fit at all."""
+    from engine.vram.apply import load_planned
+    from engine.vram.preset_plan import machine_budget
+    from engine.vram.vocabulary import Precision
+
     preset = resolve_preset(preset_or_folder)
     components = resolve(preset, Path(models_dir))
-    modules = load_qwen_image(components, device, dtype)
-    return Model(preset=preset, modules=modules,
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    budget = machine_budget(device, vram_gb, ram_gb, Precision.of(dtype), Path(models_dir))
+    planned = load_planned(preset, components, device, dtype, budget, Mode(mode))
+    return Model(preset=preset, modules=planned.modules, planned=planned,
                  projection=LatentProjection.for_model(components[Role.TRANSFORMER].folder.parent))

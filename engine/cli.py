@@ -1,4 +1,4 @@
-"""python -m engine VERB ...: generate, models, download, bench.
+"""python -m engine VERB ...: generate, models, download, plan, bench.
 
 Exit 0 on success; 2 on bad input, with one line on stderr and no traceback (DESIGN.md's CLI contract).
 Heavy imports (torch, diffusers) happen inside the verbs, so `--help` and errors in arguments are instant.
@@ -58,7 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--hub", choices=["modelscope", "huggingface"], default="modelscope")
     download.add_argument("--models-dir", type=Path, default=Path("models"))
 
-    bench = verbs.add_parser("bench", help="benchmarks: pipeline (ours vs diffusers), load (peak memory)")
+    plan = verbs.add_parser("plan", help="where each component's weights would live, and the expected peak memory")
+    _add_model_choice(plan)
+    plan.add_argument("--vram", type=float, help="plan for a GPU with this many GB (default: this machine's)")
+    plan.add_argument("--ram", type=float, help="GB of RAM to plan with (default: what this machine has free)")
+    plan.add_argument("--device", choices=["cuda", "mps", "cpu"], help="the kind of device to plan for")
+    plan.add_argument("--width", type=int)
+    plan.add_argument("--height", type=int)
+    plan.add_argument("--count", type=int, default=1, help="images made at once")
+    plan.add_argument("--cfg", type=float, help="guidance scale; above 1 runs an unconditional pass too")
+    plan.add_argument("--mode", choices=["auto", "resident", "stream", "fp8"], default="auto",
+                      help="force a strategy (default: auto)")
+    plan.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+    bench = verbs.add_parser("bench", help="benchmarks: pipeline (ours vs diffusers), load (peak memory), vram")
     benches = bench.add_subparsers(dest="bench", required=True, parser_class=OneLineParser)
     pipeline = benches.add_parser("pipeline", help="time our pipeline against diffusers' on the same files")
     pipeline.add_argument("--model", type=Path, help="model folder; default: a synthetic Qwen-Image made in .bench/")
@@ -71,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     load = benches.add_parser("load", help="peak RSS while loading a synthetic transformer, against its file size")
     load.add_argument("--gb", type=float, default=1.0, help="size of the synthetic transformer in GB (float32)")
     load.add_argument("--json", action="store_true")
+    vram = benches.add_parser("vram", help="VRAM plans measured: disk streaming on the CPU, or --gpu strategies")
+    vram.add_argument("--gpu", action="store_true", help="resident, fp8, streaming and diffusers' offloading compared")
+    vram.add_argument("--gb", type=float, default=6.0, help="CPU: size of the synthetic transformer in GB")
+    vram.add_argument("--ram-gb", type=float, default=1.5, help="CPU: the RAM budget of the streamed run")
+    vram.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="--gpu: where to run")
+    vram.add_argument("--layers", type=int, default=60, help="--gpu: transformer blocks (Qwen-Image: 60)")
+    vram.add_argument("--heads", type=int, default=24, help="--gpu: attention heads of 128 (Qwen-Image: 24)")
+    vram.add_argument("--budgets", type=float, nargs="+", default=[24.0, 16.0, 8.0], help="--gpu: VRAM budgets")
+    vram.add_argument("--size", type=int, help="image side (default 128 on the CPU, 1328 with --gpu)")
+    vram.add_argument("--steps", type=int, default=4)
+    vram.add_argument("--cfg", type=float, default=1.0, help="CPU: guidance scale (--gpu always uses 4)")
+    vram.add_argument("--repeats", type=int, default=3, help="CPU: alternating runs of each")
+    vram.add_argument("--json", action="store_true")
     return parser
 
 
@@ -166,9 +192,45 @@ def run_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_plan(args: argparse.Namespace) -> int:
+    import json
+
+    import engine.api as api
+    from engine.presets import DEFAULT_PRESET
+    from engine.settings import fit_to_limits
+    from engine.vram.explain import plan_lines
+    from engine.vram.planner import Budget
+    from engine.vram.preset_plan import COMPUTE, hypothetical_budget, plan_for_preset
+    from engine.vram.probe import probe
+
+    target = args.model if args.model is not None else (args.preset or DEFAULT_PRESET)
+    preset = api.resolve_preset(target)
+    settings = api.settings_for(preset, "plan", width=args.width, height=args.height, cfg=args.cfg, count=args.count)
+    settings, notes = fit_to_limits(settings, preset.limits, preset.title)
+    machine = None
+    if args.device or args.vram is not None or args.ram is not None:
+        budget = hypothetical_budget(args.device, args.vram, args.ram, args.models_dir)
+    else:
+        facts = probe(None, args.models_dir)
+        budget, machine = Budget.for_machine(facts, COMPUTE[facts.device]), facts.summary()
+    plan = plan_for_preset(preset, settings, budget=budget, mode=args.mode, models_dir=args.models_dir)
+    if args.json:
+        print(json.dumps({"preset": preset.name, **plan.to_json()}, indent=2))
+        return 0
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    print("\n".join(([f"machine: {machine}"] if machine else []) + plan_lines(plan)))
+    return 0
+
+
 def run_bench(args: argparse.Namespace) -> int:
     from engine import bench
 
+    if args.bench == "vram":
+        from engine.vram import bench as vram_bench
+
+        args.size = args.size or (1328 if args.gpu else 128)
+        return (vram_bench.run_gpu if args.gpu else vram_bench.run_cpu)(args)
     return {"pipeline": bench.run_pipeline_bench, "load": bench.run_load_bench}[args.bench](args)
 
 
@@ -180,7 +242,8 @@ def _human_bytes(size: int) -> str:
     return f"{size:.1f} GB"
 
 
-VERBS = {"generate": run_generate, "models": run_models, "download": run_download, "bench": run_bench}
+VERBS = {"generate": run_generate, "models": run_models, "download": run_download, "plan": run_plan,
+         "bench": run_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ class QwenImageModules:
     schedule: FlowMatchConfig
     device: torch.device
     dtype: torch.dtype
+    text_encoder_device: torch.device | None = None  # where the text encoder computes when not on `device`
 
 
 def default_device() -> torch.device:
@@ -68,11 +69,10 @@ def weight_files(folder: Path, stem: str) -> list[Path]:
     return sorted(folder.glob(f"{stem}*.safetensors"))
 
 
-def load_diffusers_module(model_class: type, component: ResolvedComponent, dtype: torch.dtype,
-                          device: torch.device) -> torch.nn.Module:
-    """Build a diffusers network from its config and assign its weights from safetensors shards."""
+def build_diffusers_module(model_class: type, component: ResolvedComponent) -> tuple[torch.nn.Module, list[Path]]:
+    """A diffusers network built from its config on the meta device (buffers real), and its weight files,
+    every header checked."""
     from accelerate import init_empty_weights
-    from safetensors import safe_open
 
     config_path = component.config_folder / "config.json"
     files = weight_files(component.folder, "diffusion_pytorch_model")
@@ -86,7 +86,15 @@ def load_diffusers_module(model_class: type, component: ResolvedComponent, dtype
         raise WeightsError(f"Cannot read {config_path}: {error}") from None
     with init_empty_weights():
         model = model_class.from_config(config)
+    return model, files
 
+
+def load_diffusers_module(model_class: type, component: ResolvedComponent, dtype: torch.dtype,
+                          device: torch.device) -> torch.nn.Module:
+    """Build a diffusers network from its config and assign its weights from safetensors shards."""
+    from safetensors import safe_open
+
+    model, files = build_diffusers_module(model_class, component)
     expected = set(model.state_dict().keys())
     seen: set[str] = set()
     unexpected: list[str] = []
@@ -97,20 +105,29 @@ def load_diffusers_module(model_class: type, component: ResolvedComponent, dtype
                 if key not in expected:
                     unexpected.append(key)
                     continue
-                shard[key] = handle.get_tensor(key).to(device=device, dtype=dtype)
+                # A fresh tensor from torch's allocator (64-byte aligned), as engine.vram's loader makes: CPU matmul
+                # kernels round differently for differently aligned weights, and the same files must give the
+                # same pixels whichever loader read them.
+                tensor = handle.get_tensor(key)
+                shard[key] = torch.empty(tensor.shape, dtype=dtype, device=device).copy_(tensor)
         _assign(model, shard, path)
         seen.update(shard)
         del shard
-    missing = sorted(expected - seen)
-    if missing or unexpected:
-        problems = [f"{len(names)} {kind} (first: {names[0]})"
-                    for kind, names in (("missing", missing), ("unexpected", sorted(unexpected))) if names]
-        raise WeightsError(
-            f"The weights in {component.folder} do not fit {model_class.__name__} built from {config_path}: "
-            f"{' and '.join(problems)} tensors.",
-            "The config and the weights come from different models; download the component again.")
+    check_fit(model, component, sorted(expected - seen), sorted(unexpected))
     # Buffers made in __init__ (RoPE tables) were built on the CPU in float32; move them with the model.
     return model.to(device).eval().requires_grad_(False)
+
+
+def check_fit(model: torch.nn.Module, component: ResolvedComponent, missing: list[str],
+              unexpected: list[str]) -> None:
+    """WeightsError naming how many tensors the files lack and have too many, with the first of each."""
+    if missing or unexpected:
+        problems = [f"{len(names)} {kind} (first: {names[0]})"
+                    for kind, names in (("missing", missing), ("unexpected", unexpected)) if names]
+        raise WeightsError(
+            f"The weights in {component.folder} do not fit {type(model).__name__} built from "
+            f"{component.config_folder / 'config.json'}: {' and '.join(problems)} tensors.",
+            "The config and the weights come from different models; download the component again.")
 
 
 def _assign(model: torch.nn.Module, tensors: dict[str, torch.Tensor], path: Path) -> None:
@@ -136,6 +153,29 @@ def load_text_encoder(component: ResolvedComponent, dtype: torch.dtype, device: 
     except (OSError, ValueError, RuntimeError) as error:
         raise WeightsError(f"Cannot load the text encoder from {component.folder}: {_first_line(error)}") from None
     return model.to(device).eval().requires_grad_(False)
+
+
+def build_text_encoder(component: ResolvedComponent, dtype: torch.dtype) -> tuple[torch.nn.Module, dict[str, str]]:
+    """The text encoder built from its config on the meta device (buffers real), and for each of its state-dict
+    names the tensor name in the checkpoint (transformers renames some on loading)."""
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, Qwen2_5_VLForConditionalGeneration
+    from transformers.core_model_loading import revert_weight_conversion
+
+    for path in weight_files(component.folder, "model"):
+        read_header(path)
+    try:
+        config = AutoConfig.from_pretrained(str(component.config_folder), local_files_only=True)
+    except (OSError, ValueError) as error:
+        raise WeightsError(f"Cannot read the text encoder's config in {component.config_folder}: "
+                           f"{_first_line(error)}") from None
+    with init_empty_weights():
+        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    state = model.state_dict()
+    names = {id(tensor): name for name, tensor in state.items()}
+    # Reverting the loading conversion on the state dict's own (meta) tensors maps each to its checkpoint name.
+    checkpoint = revert_weight_conversion(model, dict(state))
+    return model.eval(), {names[id(tensor)]: key for key, tensor in checkpoint.items()}
 
 
 def load_tokenizer(component: ResolvedComponent) -> Any:
@@ -174,12 +214,23 @@ def load_qwen_image(components: dict[Role, ResolvedComponent], device: torch.dev
     dtype = dtype or default_dtype(device)
     tokenizer = load_tokenizer(components[Role.TOKENIZER])
     text_encoder = load_text_encoder(components[Role.TEXT_ENCODER], dtype, device)
-    check_tokenizer_fits(tokenizer, text_encoder, components[Role.TOKENIZER].folder,
-                         components[Role.TEXT_ENCODER].folder)
     transformer = load_diffusers_module(QwenImageTransformer2DModel, components[Role.TRANSFORMER], dtype, device)
     vae = load_diffusers_module(AutoencoderKLQwenImage, components[Role.VAE], dtype, device)
-    schedule = FlowMatchConfig.from_file(components[Role.SCHEDULER].config_folder / "scheduler_config.json")
+    check_qwen_image_fits(components, tokenizer, text_encoder, transformer, vae)
+    return QwenImageModules(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                            schedule=load_schedule(components), device=device, dtype=dtype)
 
+
+def load_schedule(components: dict[Role, ResolvedComponent]) -> FlowMatchConfig:
+    return FlowMatchConfig.from_file(components[Role.SCHEDULER].config_folder / "scheduler_config.json")
+
+
+def check_qwen_image_fits(components: dict[Role, ResolvedComponent], tokenizer: Any, text_encoder: torch.nn.Module,
+                          transformer: torch.nn.Module, vae: torch.nn.Module) -> None:
+    """The components belong together: tokenizer and text encoder, text width, latent channels. Needs only the
+    modules' configs and shapes, so it runs on modules still on the meta device."""
+    check_tokenizer_fits(tokenizer, text_encoder, components[Role.TOKENIZER].folder,
+                         components[Role.TEXT_ENCODER].folder)
     text_width = text_encoder.config.get_text_config().hidden_size
     if transformer.config.joint_attention_dim != text_width:
         raise WeightsError(
@@ -189,8 +240,6 @@ def load_qwen_image(components: dict[Role, ResolvedComponent], device: torch.dev
         raise WeightsError(
             f"The transformer takes {transformer.config.in_channels} input channels but the VAE's latents pack "
             f"into {vae.config.z_dim * 4}.", "The components come from different models.")
-    return QwenImageModules(transformer=transformer, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                            schedule=schedule, device=device, dtype=dtype)
 
 
 def _first_line(error: BaseException) -> str:

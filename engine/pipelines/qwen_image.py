@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -20,6 +21,9 @@ from engine.pipelines.preview import LatentProjection
 from engine.pipelines.run_control import RunControl
 from engine.schedulers.flow_match import euler_step, flow_match_schedule
 from engine.settings import GenerateSettings
+
+if TYPE_CHECKING:
+    from engine.vram.planner import VramPlan
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +39,7 @@ class GenerationResult:
     seeds: list[int]
     settings: GenerateSettings
     notes: list[str] = field(default_factory=list)
+    plan: VramPlan | None = None  # where the weights were while it ran (engine.vram), set by Model.generate
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,9 @@ def encode_prompts(modules: QwenImageModules, prompts: list[str]) -> PromptEmbed
     limit = MAX_PROMPT_TOKENS + QWEN_PROMPT_DROP
     tokens = modules.tokenizer(texts, max_length=limit, padding=True, truncation=True, return_tensors="pt")
     untruncated = max(len(ids) for ids in modules.tokenizer(texts).input_ids)
-    tokens = tokens.to(modules.device)
+    # A plan may run the text encoder on the CPU beside the GPU (engine.vram); holders of just the encoders
+    # (training's caching) have no such field.
+    tokens = tokens.to(getattr(modules, "text_encoder_device", None) or modules.device)
     output = modules.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask,
                                   output_hidden_states=True)
     hidden = output.hidden_states[-1]
@@ -62,7 +69,7 @@ def encode_prompts(modules: QwenImageModules, prompts: list[str]) -> PromptEmbed
     lengths = torch.tensor([piece.shape[0] for piece in pieces], device=modules.device)
     token_mask = (torch.arange(longest, device=modules.device)[None, :] < lengths[:, None]).long()
     return PromptEmbeddings(
-        embeds=embeds.to(modules.dtype),
+        embeds=embeds.to(device=modules.device, dtype=modules.dtype),
         mask=None if bool(token_mask.all()) else token_mask,
         truncated=untruncated > limit,
     )
@@ -87,7 +94,9 @@ def unpack_latents(tokens: torch.Tensor, latent_height: int, latent_width: int) 
     return latents.permute(0, 3, 1, 4, 2, 5).reshape(batch, channels, latent_height, latent_width)
 
 
-def _latent_stats(modules: QwenImageModules, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def latent_stats(modules: QwenImageModules, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The VAE's per-channel latent mean and 1/std, shaped (1, C, 1, 1, 1) like `like`: the transformer sees
+    (latents - mean) * inverse_std. Trainers normalize their cached latents with the same numbers."""
     config = modules.vae.config
     shape = (1, config.z_dim, 1, 1, 1)
     mean = torch.tensor(config.latents_mean).view(shape).to(like.device, like.dtype)
@@ -126,7 +135,7 @@ def prepare_latents(modules: QwenImageModules, settings: GenerateSettings, gener
     if input_image is not None:
         pixels = image_to_tensor(input_image, settings.width, settings.height)
         pixels = pixels.unsqueeze(2).to(modules.device, modules.dtype)  # the VAE is a video VAE: add a frame axis
-        mean, inverse_std = _latent_stats(modules, pixels)
+        mean, inverse_std = latent_stats(modules, pixels)
         encoded = modules.vae.encode(pixels).latent_dist
     starts = []
     for generator in generators:
@@ -162,7 +171,7 @@ def guided_velocity(modules: QwenImageModules, latents: torch.Tensor, timestep: 
 def decode(modules: QwenImageModules, tokens: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Packed latents -> (B, 3, H, W) pixels in [0, 1]."""
     latents = unpack_latents(tokens, height // VAE_SCALE, width // VAE_SCALE).unsqueeze(2).to(modules.vae.dtype)
-    mean, inverse_std = _latent_stats(modules, latents)
+    mean, inverse_std = latent_stats(modules, latents)
     latents = latents / inverse_std + mean
     image = modules.vae.decode(latents, return_dict=False)[0][:, :, 0]
     return (image / 2 + 0.5).clamp(0, 1)
