@@ -165,16 +165,19 @@ def _text_encoder_config(sizes: TinySizes, vocab_size: int, token_ids: dict[str,
     }
 
 
-def write_text_encoder(folder: Path, sizes: TinySizes, tokenizer_folder: Path, seed: int) -> None:
+def write_text_encoder(folder: Path, sizes: TinySizes, tokenizer_folder: Path, seed: int,
+                       shard_size: str = "200KB", dtype: torch.dtype = torch.float32) -> None:
+    """A seeded random Qwen2.5-VL; `dtype` is what the weights are stored in (the loader converts)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     token_ids = json.loads((tokenizer_folder / "added_tokens.json").read_text())
     # Room for every token id, rounded up like Qwen's 152064-row embedding.
     vocab_size = -(-(max(token_ids.values()) + 1) // 64) * 64
     config_dict = _text_encoder_config(sizes, vocab_size, token_ids)
+    config_dict["torch_dtype"] = str(dtype).removeprefix("torch.")
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**config_dict)).eval()
-    model.save_pretrained(folder, max_shard_size="200KB", safe_serialization=True)
+    model.to(dtype).save_pretrained(folder, max_shard_size=shard_size, safe_serialization=True)
     # Keep the hub's flat config rather than the nested form this transformers version writes.
     _write_json(folder / "config.json", config_dict)
 

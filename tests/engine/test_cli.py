@@ -161,7 +161,8 @@ def test_bad_input_exits_2_without_traceback_when_run_as_a_program(tmp_path):
         cwd=REPO, capture_output=True, text=True)
     assert completed.returncode == 2
     assert completed.stderr.strip().splitlines() == [
-        "error: Unknown preset 'nope'. Known presets: qwen-image, qwen-image-2512, qwen-image-distill-full."]
+        "error: Unknown preset 'nope'. Known presets: qwen-image, qwen-image-2512, qwen-image-distill-full, "
+        "tiny-shapes."]
 
 
 def test_unknown_flag_gives_one_line(capsys):

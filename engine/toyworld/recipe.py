@@ -1,0 +1,61 @@
+"""The recipe of the shipped tiny-shapes model: every size, seed and training setting, as data.
+
+`SHIPPED` made presets/tiny-shapes; `python -m engine.toyworld train` runs it (engine/toyworld/build.py).
+Seeds are split so nothing used to judge the model was trained on: training renders come from seeds
+0 .. train_images - 1, scoring prompts from HELD_OUT_FIRST_SEED on, VAE measurements from VAE_TEST_FIRST_SEED on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from engine.training.config import LrSchedule, TimestepSampling, TrainConfig
+from engine.toyworld.tiny_qwen_image import TinySizes
+from engine.toyworld.vae_training import VaeTrainConfig
+
+HELD_OUT_FIRST_SEED = 1_000_000
+VAE_TEST_FIRST_SEED = 2_000_000
+
+
+@dataclass(frozen=True)
+class Recipe:
+    seed: int = 0
+    image_size: int = 128
+    train_images: int = 20000  # renders the transformer trains on: seeds 0 .. train_images - 1
+    tokenizer_captions: int = 4000  # training captions the tokenizer learns the world's words from
+    stats_images: int = 1024  # renders the latent mean/std and the preview projection are measured on
+    sizes: TinySizes = TinySizes(
+        text_hidden=64, text_layers=2, text_heads=4, text_kv_heads=2, vocab_size=1024,
+        dit_layers=6, dit_heads=4, dit_head_dim=32, rope_axes=(8, 12, 12),
+    )  # the VAE's sizes are in `vae`
+    vae: VaeTrainConfig = VaeTrainConfig(steps=3000, batch_size=16, crop=64, learning_rate=5e-4, images=20000,
+                                         checkpoint_every=250, log_every=50)
+    transformer: TrainConfig = TrainConfig(
+        steps=10000, batch_size=64, learning_rate=6e-4, lr_schedule=LrSchedule.COSINE, warmup_steps=200,
+        min_lr_ratio=0.05, weight_decay=0.0, adam_beta2=0.99, max_grad_norm=1.0,
+        timestep_sampling=TimestepSampling.LOGIT_NORMAL, caption_dropout=0.1, ema_decay=0.999,
+        checkpoint_every=500, log_every=50,
+    )
+    weight_dtype: str = "bfloat16"  # what the shipped files store; the loader converts to the run's dtype
+    threads: int = 2
+
+    def __post_init__(self) -> None:
+        if self.image_size % 16:
+            raise ValueError(f"image_size: must be a multiple of 16, got {self.image_size}")
+        for name in ("train_images", "tokenizer_captions", "stats_images"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+
+
+SHIPPED = Recipe()
+
+# Every stage in seconds: what the tests run to check the command end to end (not a useful model).
+QUICK = Recipe(
+    train_images=32, tokenizer_captions=64, stats_images=16,
+    sizes=replace(Recipe().sizes, text_hidden=32, dit_layers=1, dit_heads=2, dit_head_dim=16, rope_axes=(4, 6, 6)),
+    vae=VaeTrainConfig(steps=4, batch_size=2, crop=32, images=32, base_dim=8, checkpoint_every=2, log_every=2,
+                       warmup_steps=1),
+    transformer=TrainConfig(steps=6, batch_size=8, learning_rate=1e-3, checkpoint_every=3, log_every=3,
+                            caption_dropout=0.1, ema_decay=0.9),
+    threads=1,
+)

@@ -1,0 +1,168 @@
+"""Encode a dataset once: text-encoder outputs of every caption and VAE latents of every image.
+
+The encoders are frozen, so their outputs never change during training; computing them once takes them
+out of every step, and the encoders can leave memory before the transformer trains. Captions go through
+the pipeline's own encode_prompts, so training sees exactly the conditioning that sampling will.
+The cache is one safetensors file; a `key` describing the dataset and encoders guards against reusing a
+cache made from something else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from engine.pipelines.qwen_image import encode_prompts, image_to_tensor, latent_stats
+from engine.training.data import Example
+
+logger = logging.getLogger(__name__)
+
+EMPTY_PROMPT = " "  # what the pipeline's negative prompt defaults to, and what caption dropout trains on
+
+Progress = Callable[[int, int], None]  # (done, total)
+
+
+@dataclass(frozen=True)
+class Encoders:
+    """The fields of QwenImageModules that encode_prompts and the VAE encoding read."""
+
+    tokenizer: Any = None
+    text_encoder: Any = None
+    vae: Any = None
+    device: torch.device = torch.device("cpu")
+    dtype: torch.dtype = torch.float32
+
+
+@dataclass(frozen=True, eq=False)
+class TrainingCache:
+    latents: torch.Tensor  # (N, C, H/8, W/8), normalized as the transformer sees them
+    embeds: torch.Tensor  # (N, L, D) prompt embeddings, right-padded with zeros to the longest
+    lengths: torch.Tensor  # (N,) real tokens of each prompt
+    empty_embeds: torch.Tensor  # (1, L0, D) the empty prompt's embeddings (caption dropout)
+    key: str = ""
+
+    def __post_init__(self) -> None:
+        count = self.latents.shape[0]
+        if self.embeds.shape[0] != count or self.lengths.shape[0] != count:
+            raise ValueError(f"cache: {count} latents but {self.embeds.shape[0]} embeddings and "
+                             f"{self.lengths.shape[0]} lengths")
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    def text_batch(self, indices: torch.Tensor, dropped: torch.Tensor | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Embeddings of the given examples cut to their longest prompt, and the mask (None when no padding).
+
+        `dropped` (bool per example) swaps in the empty prompt, as classifier-free guidance's unconditional side.
+        """
+        lengths = self.lengths[indices].clone()
+        embeds = self.embeds[indices]
+        if dropped is not None and bool(dropped.any()):
+            empty_length = self.empty_embeds.shape[1]
+            longest = max(int(lengths.max()), empty_length)
+            embeds = _pad_to(embeds, longest).clone()
+            embeds[dropped] = 0
+            embeds[dropped, :empty_length] = self.empty_embeds[0]
+            lengths[dropped] = empty_length
+        longest = int(lengths.max())
+        embeds = _pad_to(embeds, longest)[:, :longest]
+        mask = (torch.arange(longest)[None, :] < lengths[:, None]).long()
+        return embeds, None if bool(mask.all()) else mask
+
+    def save(self, path: Path) -> None:
+        path = Path(path)
+        temporary = path.with_name(path.name + ".tmp")
+        save_file({"latents": self.latents.contiguous(), "embeds": self.embeds.contiguous(),
+                   "lengths": self.lengths.contiguous(), "empty_embeds": self.empty_embeds.contiguous()},
+                  str(temporary), metadata={"key": self.key})
+        temporary.replace(path)
+
+    @classmethod
+    def load(cls, path: Path, key: str) -> TrainingCache | None:
+        """The cache at path if it was made with the same key, else None."""
+        path = Path(path)
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            if (handle.metadata() or {}).get("key") != key:
+                logger.info("Ignoring %s: it was made from other data or encoders", path)
+                return None
+        tensors = load_file(str(path))
+        return cls(tensors["latents"], tensors["embeds"], tensors["lengths"], tensors["empty_embeds"], key)
+
+
+def _pad_to(embeds: torch.Tensor, length: int) -> torch.Tensor:
+    if embeds.shape[1] >= length:
+        return embeds
+    return torch.cat([embeds, embeds.new_zeros(embeds.shape[0], length - embeds.shape[1], embeds.shape[2])], dim=1)
+
+
+@torch.no_grad()
+def encode_captions(encoders: Encoders, captions: Sequence[str], batch_size: int = 64,
+                    progress: Progress | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, L, D) right-padded embeddings and (N,) lengths of the captions, via the pipeline's encode_prompts."""
+    pieces: list[torch.Tensor] = []
+    for start in range(0, len(captions), batch_size):
+        chunk = list(captions[start:start + batch_size])
+        encoded = encode_prompts(encoders, chunk)
+        lengths = encoded.mask.sum(dim=1) if encoded.mask is not None else [encoded.embeds.shape[1]] * len(chunk)
+        pieces += [row[:int(length)].float().cpu() for row, length in zip(encoded.embeds, lengths)]
+        if progress:
+            progress(min(start + batch_size, len(captions)), len(captions))
+    longest = max(piece.shape[0] for piece in pieces)
+    embeds = torch.stack([_pad_to(piece[None], longest)[0] for piece in pieces])
+    return embeds, torch.tensor([piece.shape[0] for piece in pieces])
+
+
+@torch.no_grad()
+def encode_images(encoders: Encoders, images: Sequence[Any], batch_size: int = 32,
+                  progress: Progress | None = None) -> torch.Tensor:
+    """Normalized VAE latents (N, C, H/8, W/8) of same-sized RGB images: the posterior means."""
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = [image_to_tensor(image, *image.size) for image in images[start:start + batch_size]]
+        pixels = torch.cat(batch).unsqueeze(2).to(encoders.device, encoders.dtype)  # add the video VAE's frame axis
+        mean, inverse_std = latent_stats(encoders, pixels)
+        latents = (encoders.vae.encode(pixels).latent_dist.mode() - mean) * inverse_std
+        chunks.append(latents[:, :, 0].float().cpu())
+        if progress:
+            progress(min(start + batch_size, len(images)), len(images))
+    return torch.cat(chunks)
+
+
+def build_cache(encoders: Encoders, examples: Sequence[Example], key: str = "", batch_size: int = 32,
+                progress: Callable[[str, int, int], None] | None = None) -> TrainingCache:
+    """Encode every example's caption and image (progress(stage, done, total), stage "text" or "images")."""
+    def report(stage: str) -> Progress | None:
+        return (lambda done, total: progress(stage, done, total)) if progress else None
+
+    captions = [example.caption for example in examples]
+    embeds, lengths = encode_captions(encoders, captions, batch_size * 2, report("text"))
+    empty = encode_captions(encoders, [EMPTY_PROMPT])[0]
+    images = _Images(examples)
+    latents = encode_images(encoders, images, batch_size, report("images"))
+    return TrainingCache(latents=latents, embeds=embeds, lengths=lengths, empty_embeds=empty, key=key)
+
+
+class _Images(Sequence[Any]):
+    """The images of a sequence of examples, read lazily so a large dataset is never all in memory."""
+
+    def __init__(self, examples: Sequence[Example]):
+        self.examples = examples
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self.examples[i].image for i in range(*index.indices(len(self)))]
+        return self.examples[index].image

@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from engine.pipelines.qwen_image import encode_prompts
+from engine.training.caching import EMPTY_PROMPT, TrainingCache, encode_captions
+from engine.training.data import ShapesSamples
+
+
+def test_cached_embeddings_match_the_pipelines_encoding_of_each_prompt_alone(encoders):
+    captions = [sample.caption for sample in ShapesSamples(6, first_seed=40)]
+    embeds, lengths = encode_captions(encoders, captions, batch_size=4)
+    for row, length, caption in zip(embeds, lengths, captions):
+        alone = encode_prompts(encoders, [caption]).embeds[0]
+        assert int(length) == alone.shape[0]
+        torch.testing.assert_close(row[:length], alone, atol=1e-5, rtol=1e-5)
+        assert not row[length:].any()
+
+
+def test_batch_is_cut_to_its_longest_prompt_with_a_mask_only_when_padded(shapes_cache):
+    lengths = shapes_cache.lengths
+    same = torch.nonzero(lengths == lengths[0]).flatten()[:2]
+    embeds, mask = shapes_cache.text_batch(same)
+    assert embeds.shape[1] == int(lengths[0]) and mask is None
+    mixed = torch.tensor([int(lengths.argmin()), int(lengths.argmax())])
+    embeds, mask = shapes_cache.text_batch(mixed)
+    assert embeds.shape[1] == int(lengths.max())
+    assert mask.sum(dim=1).tolist() == [int(lengths.min()), int(lengths.max())]
+
+
+def test_dropped_captions_are_replaced_by_the_empty_prompt(shapes_cache, encoders):
+    embeds, mask = shapes_cache.text_batch(torch.tensor([0, 1]), dropped=torch.tensor([True, False]))
+    empty = encode_prompts(encoders, [EMPTY_PROMPT]).embeds[0]
+    torch.testing.assert_close(embeds[0, :empty.shape[0]], empty)
+    assert int(mask[0].sum()) == empty.shape[0]
+    assert torch.equal(embeds[1, :int(shapes_cache.lengths[1])], shapes_cache.embeds[1, :int(shapes_cache.lengths[1])])
+
+
+def test_latents_are_normalized_with_the_vae_statistics(shapes_cache, encoders):
+    from engine.training.caching import encode_images
+
+    image = ShapesSamples(1, size=64)[0].image
+    vae = encoders.vae
+    raw = vae.encode(torch.tensor(list(image.getdata()), dtype=torch.float32).view(1, 64, 64, 3)
+                     .permute(0, 3, 1, 2).div(127.5).sub(1).unsqueeze(2)).latent_dist.mode()[:, :, 0]
+    mean = torch.tensor(vae.config.latents_mean).view(1, -1, 1, 1)
+    std = torch.tensor(vae.config.latents_std).view(1, -1, 1, 1)
+    torch.testing.assert_close(encode_images(encoders, [image]), (raw - mean) / std, atol=1e-5, rtol=1e-4)
+    assert shapes_cache.latents.shape == (32, 16, 8, 8)
+
+
+def test_cache_reads_back_only_with_the_same_key(shapes_cache, tmp_path):
+    path = tmp_path / "cache.safetensors"
+    shapes_cache.save(path)
+    loaded = TrainingCache.load(path, shapes_cache.key)
+    assert torch.equal(loaded.embeds, shapes_cache.embeds) and torch.equal(loaded.latents, shapes_cache.latents)
+    assert TrainingCache.load(path, "another dataset") is None
+    assert TrainingCache.load(tmp_path / "absent.safetensors", shapes_cache.key) is None
+
+
+def test_error_raised_if_latents_and_captions_differ_in_count(shapes_cache):
+    with pytest.raises(ValueError, match="32 latents"):
+        TrainingCache(shapes_cache.latents, shapes_cache.embeds[:3], shapes_cache.lengths[:3], shapes_cache.empty_embeds)
