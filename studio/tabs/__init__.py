@@ -1,0 +1,1 @@
+"""One module per tab: build(choices) -> a dataclass of components, wire(ui, services) -> events."""
