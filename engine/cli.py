@@ -160,14 +160,14 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def run_models(args: argparse.Namespace) -> int:
     from engine.presets import all_presets
-    from engine.sources import component_status
+    from engine.sources import component_status, human_bytes
 
     rows = [("preset", "files", "on disk", "title")]
     for preset in all_presets():
         statuses = component_status(preset, args.models_dir)
         present = all(status.present for status in statuses)
         size = sum(status.size_bytes for status in statuses)
-        rows.append((preset.name, "present" if present else "missing", _human_bytes(size), preset.title))
+        rows.append((preset.name, "present" if present else "missing", human_bytes(size), preset.title))
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths)) + "  " + row[3])
@@ -232,14 +232,6 @@ def run_bench(args: argparse.Namespace) -> int:
         args.size = args.size or (1328 if args.gpu else 128)
         return (vram_bench.run_gpu if args.gpu else vram_bench.run_cpu)(args)
     return {"pipeline": bench.run_pipeline_bench, "load": bench.run_load_bench}[args.bench](args)
-
-
-def _human_bytes(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} GB"
 
 
 VERBS = {"generate": run_generate, "models": run_models, "download": run_download, "plan": run_plan,

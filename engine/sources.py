@@ -212,6 +212,15 @@ def component_status(preset: Preset, models_dir: Path = DEFAULT_MODELS_DIR) -> l
     ]
 
 
+def human_bytes(size: float) -> str:
+    """Sizes as hubs and disks state them (decimal units): "41.0 GB", "254.0 MB", "12 B"."""
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
+
+
 def model_size_on_disk(preset: Preset, models_dir: Path = DEFAULT_MODELS_DIR) -> int:
     return sum(status.size_bytes for status in component_status(preset, models_dir))
 

@@ -69,11 +69,3 @@ def _bar(fraction: float, text: str) -> str:
             f'aria-valuemax="100"><div class="studio-progress-track"><div class="studio-progress-fill" '
             f'style="width:{percent:.1f}%"></div></div><div class="studio-progress-text">{html.escape(text)}</div>'
             f'</div>')
-
-
-def human_bytes(size: int) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"

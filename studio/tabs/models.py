@@ -12,10 +12,9 @@ from pathlib import Path
 import gradio as gr
 
 from engine.presets import Preset, Tab
-from engine.sources import HUB_TITLES, Hub, download
+from engine.sources import HUB_TITLES, Hub, download, human_bytes
 from studio.errors import boundary
 from studio.services import Services
-from studio.widgets import human_bytes
 
 logger = logging.getLogger(__name__)
 

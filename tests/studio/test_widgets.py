@@ -7,11 +7,11 @@ import pytest
 from engine.errors import SettingsError
 from engine.pipelines.run_control import Progress
 from engine.presets import load_preset
+from engine.sources import human_bytes
 from studio.jobs import Stage, Update
 from studio.tabs.text_to_image import form_settings
 from studio.widgets import (
     RANDOM_SEED,
-    human_bytes,
     pick_seed,
     progress_html,
     size_choices,
