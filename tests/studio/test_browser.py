@@ -114,8 +114,7 @@ def test_dropping_a_saved_png_fills_every_field(page, tmp_path, target):
 def test_cancel_stops_the_run_and_the_next_one_works(page, studio):
     before = studio.saved()
     page.fill("#t2i-prompt textarea", "a slow big picture")
-    # Many small steps: long enough to cancel mid-run, short steps so Cancel lands quickly even on a busy machine.
-    for name, value in (("width", 128), ("height", 128), ("steps", 100), ("count", 1)):
+    for name, value in (("width", 256), ("height", 256), ("steps", 100), ("count", 2)):
         set_number(page, f"t2i-{name}", value)
     page.click("#t2i-generate")
     page.wait_for_function("document.querySelector('#t2i-progress').innerText.includes('Step')")
