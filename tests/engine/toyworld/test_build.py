@@ -41,11 +41,17 @@ def test_every_file_of_the_qwen_image_layout_is_published_and_loads(built):
     assert {"vae_psnr_db", "transformer_final_loss", "total_s"} <= set(report)
 
 
+def test_the_smoke_run_learns_its_32_images(built):
+    root, _, _ = built
+    losses = [json.loads(line)["loss"] for line in (root / "work" / "transformer" / "loss.jsonl").read_text().splitlines()]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+
+
 def test_progress_is_reported_for_every_stage(built):
     _, _, messages = built
     for stage in ("tokenizer", "text_encoder", "vae", "cache", "transformer", "preview"):
         assert f"{stage}: finished" in "\n".join(messages)
-    assert any(message.startswith("transformer: step 6/6") for message in messages)
+    assert any(message.startswith("transformer: step 36/36") for message in messages)
 
 
 def test_resume_skips_finished_stages_and_publishes_again(built):
