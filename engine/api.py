@@ -5,13 +5,14 @@
     result = model.generate("a red circle in the top left on a blue background", seed=7)
     result.images[0].save("circle.png")
 
-A Model holds the loaded modules and nothing per run, so several threads may call generate on one Model.
+A Model holds the loaded modules and nothing per run. Several threads may call generate on one Model; their
+runs take turns, because the LoRAs a run asks for (settings.loras) act on the shared transformer until it ends.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,10 +20,11 @@ import torch
 from PIL import Image
 
 from engine.loading import QwenImageModules, default_device, default_dtype
+from engine.lora.active import ActiveLoras
 from engine.pipelines import qwen_image
 from engine.pipelines.preview import LatentProjection
 from engine.pipelines.run_control import RunControl
-from engine.presets import DEFAULT_PRESET, Preset, Role, load_preset, preset_for_folder
+from engine.presets import DEFAULT_PRESET, Family, Preset, Role, load_preset, preset_for_folder
 from engine.settings import GenerateSettings, fit_to_limits
 from engine.sources import DEFAULT_MODELS_DIR, resolve
 from engine.vram.vocabulary import Mode
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
     from engine.vram.planner import VramPlan
 
 logger = logging.getLogger(__name__)
+
+# The architecture a family's LoRAs are made for, as errors name it ("... a LoRA for FLUX.1, not Qwen-Image.").
+ARCHITECTURE_TITLES = {Family.QWEN_IMAGE: "Qwen-Image"}
 
 
 def resolve_preset(preset_or_folder: str | Path | Preset) -> Preset:
@@ -59,6 +64,10 @@ class Model:
     modules: QwenImageModules
     projection: LatentProjection
     planned: PlannedModel | None = None  # the VRAM plan in effect and its runtime (engine.vram)
+    loras: ActiveLoras = field(init=False, repr=False)  # the LoRAs on the transformer, set by each run
+
+    def __post_init__(self) -> None:
+        self.loras = ActiveLoras(ARCHITECTURE_TITLES[self.preset.family])
 
     @property
     def plan(self) -> VramPlan | None:
@@ -77,19 +86,24 @@ class Model:
         for note in notes:
             logger.info(note)
         image = qwen_image.load_input_image(input_image) if input_image is not None else None
-        if self.planned is None:
-            result = qwen_image.generate(self.modules, settings, image, control, self.projection)
-        else:
-            from engine.vram.fallback import run_with_fallback
-            from engine.vram.workload import Workload
 
-            # Out of memory: plan again with less and retry; the notes say what changed.
-            result, vram_notes = run_with_fallback(
-                self.planned, Workload.of(settings),
-                lambda modules: qwen_image.generate(modules, settings, image, control, self.projection))
-            self.modules = self.planned.modules
-            notes += vram_notes
-            result.plan = self.planned.plan
+        def run(modules: QwenImageModules) -> qwen_image.GenerationResult:
+            # Also after a fallback built the transformer again: the LoRAs follow it to the new one.
+            self.loras.use(modules.transformer, settings.loras)
+            return qwen_image.generate(modules, settings, image, control, self.projection)
+
+        with self.loras.lock:
+            if self.planned is None:
+                result = run(self.modules)
+            else:
+                from engine.vram.fallback import run_with_fallback
+                from engine.vram.workload import Workload
+
+                # Out of memory: plan again with less and retry; the notes say what changed.
+                result, vram_notes = run_with_fallback(self.planned, Workload.of(settings), run)
+                self.modules = self.planned.modules
+                notes += vram_notes
+                result.plan = self.planned.plan
         result.notes[:0] = notes
         return result
 

@@ -10,8 +10,12 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engine.errors import EngineError
+
+if TYPE_CHECKING:
+    from engine.settings import LoraChoice
 
 EXIT_BAD_INPUT = 2
 
@@ -47,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--count", type=int, default=1, help="images, with seeds seed..seed+count-1")
     generate.add_argument("--input-image", type=Path, help="start from this image (image-to-image)")
     generate.add_argument("--strength", type=float, help="image-to-image strength in (0, 1]; default 0.6")
+    generate.add_argument("--lora", action="append", default=[], metavar="FILE[:WEIGHT]",
+                          help="apply a LoRA (.safetensors) at WEIGHT (default 1); repeat for several")
     generate.add_argument("--device", help="cuda, cpu, mps; default: cuda when present")
     generate.add_argument("--out", type=Path, required=True, help="PNG to write (with -1, -2... for several)")
 
@@ -108,6 +114,22 @@ def _out_paths(out: Path, count: int) -> list[Path]:
     return [out.with_name(f"{out.stem}-{index + 1}{out.suffix}") for index in range(count)]
 
 
+def parse_lora(text: str) -> LoraChoice:
+    """FILE[:WEIGHT]. Split at the last ':' only when what follows is a number, so that a Windows path
+    (C:\\loras\\star.safetensors) or any other path with a colon is taken whole."""
+    from engine.settings import LoraChoice
+
+    path, colon, weight = text.rpartition(":")
+    if not colon or any(separator in weight for separator in "/\\") or weight.lower().endswith(".safetensors"):
+        return LoraChoice(path=text)
+    try:
+        value = float(weight)
+    except ValueError:
+        raise EngineError(f"--lora {text}: the weight after the last ':' must be a number, got {weight!r}.",
+                          "Write --lora FILE or --lora FILE:WEIGHT, e.g. --lora star.safetensors:0.8.") from None
+    return LoraChoice(path=path, weight=value)
+
+
 def _progress_printer():
     if not sys.stderr.isatty():
         return None
@@ -123,7 +145,8 @@ def _progress_printer():
 
 def run_generate(args: argparse.Namespace) -> int:
     import engine.api as api
-    from engine.metadata import parameters_for, save_png
+    from engine.lora.files import read_lora_info
+    from engine.metadata import lora_records, parameters_for, save_png
     from engine.pipelines.run_control import RunControl
     from engine.presets import DEFAULT_PRESET
     from engine.settings import fit_to_limits
@@ -135,11 +158,14 @@ def run_generate(args: argparse.Namespace) -> int:
         raise EngineError("--strength needs --input-image.")
     paths = _out_paths(args.out, args.count)
     # Everything that can be checked without weights is checked before the (slow) load.
+    loras = [parse_lora(text) for text in args.lora]
+    for lora in loras:
+        read_lora_info(Path(lora.path))  # missing, damaged or pickle files: said now, not after loading
     preset = api.resolve_preset(target)
     strength = args.strength if args.strength is not None else (0.6 if args.input_image is not None else None)
     settings = api.settings_for(preset, args.prompt, negative_prompt=args.negative, width=args.width,
                                 height=args.height, steps=args.steps, cfg=args.cfg, seed=args.seed,
-                                count=args.count, strength=strength)
+                                count=args.count, strength=strength, loras=loras)
     fit_to_limits(settings, preset.limits, preset.title)
     image = None
     if args.input_image is not None:
@@ -153,7 +179,9 @@ def run_generate(args: argparse.Namespace) -> int:
     preset_name = model.preset.name
     input_name = str(args.input_image) if args.input_image is not None else None
     for path, picture, seed in zip(paths, result.images, result.seeds):
-        save_png(picture, path, parameters_for(result.settings, preset_name, seed, input_image=input_name))
+        parameters = parameters_for(result.settings, preset_name, seed, loras=lora_records(result.settings),
+                                    input_image=input_name)
+        save_png(picture, path, parameters)
         print(path)
     return 0
 

@@ -36,6 +36,10 @@ class WeightsError(EngineError):
     """Weight files exist but are unreadable, truncated, unsafe or do not fit the model."""
 
 
+class LoraError(EngineError):
+    """A LoRA file is missing, unreadable, for another model, or does not fit this one."""
+
+
 class InputImageError(EngineError):
     """An input image cannot be read."""
 

@@ -20,12 +20,18 @@ from engine.settings import GenerateSettings
 CHUNK = "parameters"
 
 
+def lora_records(settings: GenerateSettings) -> list[dict[str, Any]]:
+    """The settings' LoRAs as an image records them: file name (to find it again elsewhere), path, weight."""
+    return [{"name": Path(lora.path).name, "path": lora.path, "weight": lora.weight} for lora in settings.loras]
+
+
 def parameters_for(settings: GenerateSettings, preset: str, seed: int, loras: list[dict] | None = None,
                    input_image: str | None = None) -> dict[str, Any]:
-    """The JSON stored with one image: its own seed, not the batch's first."""
+    """The JSON stored with one image: its own seed, not the batch's first. `loras` defaults to the settings'."""
     data = asdict(settings)
     data.pop("count")
-    data.update(seed=seed, preset=preset, loras=loras or [], engine_version=engine.__version__)
+    data.update(seed=seed, preset=preset, loras=lora_records(settings) if loras is None else loras,
+                engine_version=engine.__version__)
     if input_image is None:
         data.pop("strength")
     else:

@@ -6,6 +6,7 @@ largest side) happen in fit_to_limits, which also rounds sizes and says so.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from engine.errors import SettingsError
@@ -15,6 +16,24 @@ MAX_STEPS = 1000
 MAX_COUNT = 16
 MAX_SEED = 2**63 - 1
 MAX_CFG = 30.0
+MAX_LORA_WEIGHT = 4.0  # past this a LoRA only burns the image; negative weights push away from what it learned
+
+
+@dataclass(frozen=True)
+class LoraChoice:
+    """One LoRA file to apply at generation, and how strongly (1 = as trained, 0 = off)."""
+
+    path: str
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.path, str) or not self.path.strip():
+            raise SettingsError("A LoRA was chosen without a file.", "Pick a .safetensors LoRA file.")
+        number = isinstance(self.weight, (int, float)) and not isinstance(self.weight, bool)
+        if not number or not math.isfinite(self.weight) or not -MAX_LORA_WEIGHT <= self.weight <= MAX_LORA_WEIGHT:
+            raise SettingsError(f"LoRA weight must be a number from {-MAX_LORA_WEIGHT:g} to {MAX_LORA_WEIGHT:g}, "
+                                f"got {self.weight} for {self.path}.", "1 applies the LoRA as trained.")
+        object.__setattr__(self, "weight", float(self.weight))
 
 
 @dataclass(frozen=True)
@@ -28,8 +47,11 @@ class GenerateSettings:
     seed: int = 0
     count: int = 1  # images in one run, with seeds seed, seed+1, ...
     strength: float = 1.0  # image-to-image: how much of the input image is noised away (1 = all of it)
+    loras: tuple[LoraChoice, ...] = ()  # applied in this order, each with its weight
 
     def __post_init__(self) -> None:
+        # A list is kept as a tuple (settings stay immutable); the dicts a PNG's parameters hold are accepted.
+        object.__setattr__(self, "loras", tuple(_lora_choice(lora) for lora in self.loras))
         if not isinstance(self.prompt, str) or not self.prompt.strip():
             raise SettingsError("The prompt is empty.", "Describe the image you want.")
         for name in ("width", "height"):
@@ -50,6 +72,14 @@ class GenerateSettings:
 
     def seeds(self) -> list[int]:
         return [self.seed + index for index in range(self.count)]
+
+
+def _lora_choice(value: LoraChoice | dict) -> LoraChoice:
+    if isinstance(value, LoraChoice):
+        return value
+    if isinstance(value, dict) and "path" in value and set(value) <= {"path", "weight", "name"}:
+        return LoraChoice(path=value["path"], weight=value.get("weight", 1.0))
+    raise SettingsError(f"A LoRA must be given as a path and a weight, got {value!r}.")
 
 
 def _check_int(name: str, value: int, low: int, high: int) -> None:

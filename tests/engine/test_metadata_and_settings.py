@@ -8,7 +8,7 @@ from PIL import Image
 from engine.errors import SettingsError
 from engine.metadata import parameters_for, read_parameters, save_png
 from engine.presets import Limits
-from engine.settings import GenerateSettings, fit_to_limits
+from engine.settings import GenerateSettings, LoraChoice, fit_to_limits
 
 
 def test_parameters_round_trip_through_png_without_temporary_files(tmp_path):
@@ -58,3 +58,33 @@ def test_error_raised_if_side_below_model_minimum():
     with pytest.raises(SettingsError) as error:
         fit_to_limits(GenerateSettings(prompt="x", width=128, height=64), Limits(min_side=256), "Qwen-Image")
     assert str(error.value) == "width 128 is below Qwen-Image's minimum of 256 pixels. Use at least 256."
+
+
+def test_png_records_the_settings_loras_with_file_names_when_loras_are_chosen(tmp_path):
+    chosen = [LoraChoice("/loras/star.safetensors", 0.8), LoraChoice("b.safetensors")]
+    settings = GenerateSettings(prompt="x", loras=chosen)
+    assert settings.loras == (LoraChoice("/loras/star.safetensors", 0.8), LoraChoice("b.safetensors", 1.0))
+    path = save_png(Image.new("RGB", (8, 8)), tmp_path / "l.png", parameters_for(settings, "p", seed=0))
+    recorded = read_parameters(path)["loras"]
+    assert recorded == [{"name": "star.safetensors", "path": "/loras/star.safetensors", "weight": 0.8},
+                        {"name": "b.safetensors", "path": "b.safetensors", "weight": 1.0}]
+    assert GenerateSettings(prompt="x", loras=recorded).loras == settings.loras  # dropped back in, restored
+
+
+@pytest.mark.parametrize(("lora", "message"), [
+    (dict(path="a.safetensors", weight=4.5), "LoRA weight must be a number from -4 to 4, got 4.5 for a.safetensors. "
+                                             "1 applies the LoRA as trained."),
+    (dict(path="a.safetensors", weight=float("nan")), "LoRA weight must be a number from -4 to 4, got nan for "
+                                                      "a.safetensors. 1 applies the LoRA as trained."),
+    (dict(path=" "), "A LoRA was chosen without a file. Pick a .safetensors LoRA file."),
+])
+def test_error_raised_if_lora_choice_invalid(lora, message):
+    with pytest.raises(SettingsError) as error:
+        LoraChoice(**lora)
+    assert str(error.value) == message
+
+
+def test_error_raised_if_loras_are_not_paths_with_weights():
+    with pytest.raises(SettingsError) as error:
+        GenerateSettings(prompt="x", loras=[("a.safetensors", 1.0)])
+    assert str(error.value) == "A LoRA must be given as a path and a weight, got ('a.safetensors', 1.0)."
