@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
+import os
 
-import pytest
+# OpenMP threads that spin while they wait stall every parallel region when the cores are shared (a test run
+# beside a training run: ~100x slower steps); sleeping threads do not. Set before torch loads its runtime.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from engine.toyworld.tiny_qwen_image import build_tiny_qwen_image
+import shutil  # noqa: E402 (after the environment above)
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from engine.toyworld.tiny_qwen_image import build_tiny_qwen_image  # noqa: E402
 
 
 @pytest.fixture(scope="session")

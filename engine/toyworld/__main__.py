@@ -98,7 +98,48 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_score)
 
 
-_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_sample, _add_train, _add_score)
+def _star_lora(args: argparse.Namespace) -> None:
+    from engine.toyworld.star_lora import StarRecipe, write_star_recipe
+
+    path = write_star_recipe(args.out, StarRecipe(steps=args.steps), preset=args.preset)
+    print(f"wrote {args.out / 'dataset'} and {path}; train with: python -m engine train --config {path}")
+
+
+def _add_star_lora(commands: argparse._SubParsersAction) -> None:
+    from engine.toyworld.star_lora import StarRecipe
+
+    parser = commands.add_parser(
+        "star-lora", help="write the star LoRA's 24 images (captions with the trigger word) and its run.toml")
+    parser.add_argument("--out", type=Path, default=Path("outputs") / "star",
+                        help="folder for dataset/, run.toml and the training output (default outputs/star)")
+    parser.add_argument("--preset", default="tiny-shapes", help="the base model (default tiny-shapes)")
+    parser.add_argument("--steps", type=int, default=StarRecipe.steps,
+                        help=f"training steps (default {StarRecipe.steps})")
+    parser.set_defaults(run=_star_lora)
+
+
+def _star_score(args: argparse.Namespace) -> None:
+    import engine
+    from engine.toyworld.star_lora import score_star_lora
+
+    model = engine.load(args.model, device="cpu")
+    score = score_star_lora(model, args.lora, seeds=args.seeds)
+    print(f"{score.prompt!r}, {score.seeds} seeds: a star in {score.with_lora:.0%} with the LoRA, "
+          f"{score.without_lora:.0%} at weight 0")
+
+
+def _add_star_score(commands: argparse._SubParsersAction) -> None:
+    from engine.presets import DEFAULT_PRESET
+
+    parser = commands.add_parser("star-score", help="how often the detector finds a star with the LoRA and without")
+    parser.add_argument("--lora", type=Path, required=True, help="the trained star LoRA (.safetensors)")
+    parser.add_argument("--model", default=DEFAULT_PRESET, help=f"preset name or model folder (default {DEFAULT_PRESET})")
+    parser.add_argument("--seeds", type=int, default=20, help="seeds 0..N-1 (default 20)")
+    parser.set_defaults(run=_star_score)
+
+
+_COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_sample, _add_train, _add_score,
+                                                                        _add_star_lora, _add_star_score)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,9 +11,10 @@ from engine.errors import SettingsError
 
 
 class TrainMode(str, Enum):
-    """What a run trains. FULL trains every weight of the transformer (LoRA comes with the trainer issue)."""
+    """What a run trains: FULL every weight of the transformer, LORA low-rank adapters beside frozen weights."""
 
     FULL = "full"
+    LORA = "lora"
 
 
 class TimestepSampling(str, Enum):
@@ -21,11 +22,26 @@ class TimestepSampling(str, Enum):
 
     SHIFTED_UNIFORM: a uniform index into the 1000-step schedule the model samples with, shift included
     (DiffSynth-Studio). LOGIT_NORMAL: sigmoid of a normal draw, which favours the middle of the path where
-    the velocity is hardest to predict (Esser et al. 2024, https://arxiv.org/abs/2403.03206).
+    the velocity is hardest to predict (Esser et al. 2024, https://arxiv.org/abs/2403.03206). QWEN_SHIFT: the
+    logit-normal draw bent by the resolution-dependent shift the model samples with (Musubi Tuner's qwen_shift).
     """
 
     SHIFTED_UNIFORM = "shifted_uniform"
     LOGIT_NORMAL = "logit_normal"
+    QWEN_SHIFT = "qwen_shift"
+
+
+class TimestepWeighting(str, Enum):
+    """How each example's loss is weighted by its noise level. BELL is DiffSynth-Studio's weight over the
+    shifted schedule (highest mid-path, mean 1); it is defined on that schedule, so only for SHIFTED_UNIFORM."""
+
+    NONE = "none"
+    BELL = "bell"
+
+
+# REFERENCE.md's Qwen-Image LoRA targets: attention projections of both streams, their modulations, MLP outputs.
+QWEN_IMAGE_LORA_TARGETS = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to_out.0",
+                           "to_add_out", "img_mlp.net.2", "img_mod.1", "txt_mlp.net.2", "txt_mod.1")
 
 
 class LrSchedule(str, Enum):
@@ -56,17 +72,25 @@ class TrainConfig:
     seed: int = 0
     mode: TrainMode = TrainMode.FULL
     mixed_precision: str = "no"  # accelerate's choices: no, fp16, bf16
+    timestep_weighting: TimestepWeighting = TimestepWeighting.NONE
+    gradient_accumulation: int = 1  # micro-batches of batch_size per optimizer step
+    gradient_checkpointing: bool = False  # recompute block activations in the backward pass: less memory, ~30% slower
+    lora_rank: int = 16  # TrainMode.LORA only, like the two below
+    lora_alpha: float = 16.0  # the adapter's output is scaled by alpha / rank
+    lora_targets: tuple[str, ...] = QWEN_IMAGE_LORA_TARGETS  # module-name suffixes that get an adapter
 
     def __post_init__(self) -> None:
-        for name in ("timestep_sampling", "lr_schedule", "mode"):
-            kind = {"timestep_sampling": TimestepSampling, "lr_schedule": LrSchedule, "mode": TrainMode}[name]
+        kinds = {"timestep_sampling": TimestepSampling, "lr_schedule": LrSchedule, "mode": TrainMode,
+                 "timestep_weighting": TimestepWeighting}
+        for name, kind in kinds.items():
             value = getattr(self, name)
             try:
                 object.__setattr__(self, name, kind(value))
             except ValueError:
                 choices = ", ".join(member.value for member in kind)
                 raise SettingsError(f"TrainConfig.{name} must be one of {choices}, got {value!r}.") from None
-        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints"):
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every", "keep_checkpoints",
+                     "gradient_accumulation", "lora_rank"):
             _check_int(name, getattr(self, name), low=1)
         _check_int("warmup_steps", self.warmup_steps, low=0)
         _check_int("seed", self.seed, low=0)
@@ -81,10 +105,32 @@ class TrainConfig:
         _check_number("caption_dropout", self.caption_dropout, low=0.0, high=1.0, high_open=True)
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise SettingsError(f"TrainConfig.mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}.")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise SettingsError(f"TrainConfig.gradient_checkpointing must be true or false, "
+                                f"got {self.gradient_checkpointing!r}.")
+        _check_number("lora_alpha", self.lora_alpha, low=0.0, low_open=True)
+        targets = self.lora_targets
+        if not isinstance(targets, (list, tuple)) or not targets or \
+                not all(isinstance(name, str) and name.strip() for name in targets):
+            raise SettingsError(f"TrainConfig.lora_targets must be a non-empty list of module names, got {targets!r}.")
+        object.__setattr__(self, "lora_targets", tuple(targets))
+        if self.mode is TrainMode.LORA and self.ema_decay > 0:
+            raise SettingsError(f"TrainConfig.ema_decay must be 0 in lora mode, got {self.ema_decay}.",
+                                "An EMA copy is kept of full training's weights only.")
+        if self.timestep_weighting is TimestepWeighting.BELL and \
+                self.timestep_sampling is not TimestepSampling.SHIFTED_UNIFORM:
+            raise SettingsError(
+                f"TrainConfig.timestep_weighting bell needs timestep_sampling shifted_uniform, got "
+                f"{self.timestep_sampling.value}.", "The bell weight is defined over the shifted schedule's steps.")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form, enums as their values; written into every checkpoint."""
-        return {key: value.value if isinstance(value, Enum) else value for key, value in asdict(self).items()}
+        """JSON-able form, enums as their values, tuples as lists; written into every checkpoint."""
+        def plain(value: Any) -> Any:
+            if isinstance(value, Enum):
+                return value.value
+            return list(value) if isinstance(value, tuple) else value
+
+        return {key: plain(value) for key, value in asdict(self).items()}
 
 
 def _check_int(name: str, value: Any, low: int) -> None:

@@ -1,8 +1,10 @@
 """Training datasets: sequences of (image, caption) examples.
 
-Two sources: shapes-world samples made on the fly from a range of seeds, and a folder with a metadata.csv
-(columns image,prompt: DiffSynth-Studio's layout, which `python -m engine.toyworld sample` writes too).
-Both are plain sequences, so the caching step reads either the same way.
+Three sources: shapes-world samples made on the fly from a range of seeds, a folder with a metadata.csv
+(columns image,prompt plus any others: DiffSynth-Studio's layout, which `python -m engine.toyworld sample`
+writes too), and a kohya-style folder of images each beside a same-named .txt caption. All are plain
+sequences that also tell each image's size without decoding it (for bucketing), so the caching step reads
+any of them the same way.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from engine.errors import EngineError
 from engine.toyworld.dataset import METADATA_FILE
@@ -22,6 +24,11 @@ from engine.toyworld.world import check_shapes, make_sample
 
 class DatasetError(EngineError):
     """A dataset folder is missing, malformed or names images that cannot be read."""
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CAPTION_SUFFIX = ".txt"
+_LISTED = 3  # file names quoted in an error before "and N more"
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,9 @@ class ShapesSamples(Sequence[Example]):
 
     def __len__(self) -> int:
         return self.count
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        return self.size, self.size
 
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
@@ -76,12 +86,97 @@ class MetadataFolder(Sequence[Example]):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def image_size(self, index: int) -> tuple[int, int]:
+        return image_size(self.folder / self.rows[index][0])
+
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         name, prompt = self.rows[index]
-        try:
-            with Image.open(self.folder / name) as image:
-                return Example(image.convert("RGB"), prompt)
-        except OSError as error:
-            raise DatasetError(f"Cannot read {self.folder / name}: {error}.") from None
+        return Example(read_image(self.folder / name), prompt)
+
+
+class CaptionedFolder(Sequence[Example]):
+    """A kohya-style folder: images (png, jpg, webp, bmp) each with a same-named .txt caption beside it."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise DatasetError(f"The dataset folder {self.folder} does not exist.")
+        images = sorted(path for path in self.folder.iterdir()
+                        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise DatasetError(f"{self.folder} holds no images and no {METADATA_FILE}.",
+                               f"Put images ({', '.join(IMAGE_SUFFIXES)}) with same-named {CAPTION_SUFFIX} captions "
+                               f"there, or a {METADATA_FILE} with the columns image,prompt.")
+        uncaptioned = [path.name for path in images if not path.with_suffix(CAPTION_SUFFIX).is_file()]
+        if uncaptioned:
+            raise DatasetError(f"{len(uncaptioned)} image(s) in {self.folder} have no caption file: "
+                               f"{_some(uncaptioned)}.",
+                               f"Write each caption into a {CAPTION_SUFFIX} file with the image's name "
+                               f"(e.g. {Path(uncaptioned[0]).stem}{CAPTION_SUFFIX}).")
+        self.rows = [(path.name, path.with_suffix(CAPTION_SUFFIX).read_text(encoding="utf-8").strip())
+                     for path in images]
+        empty = [name for name, caption in self.rows if not caption]
+        if empty:
+            raise DatasetError(f"{len(empty)} caption file(s) in {self.folder} are empty: {_some(empty)}.",
+                               "Describe each image in its caption file.")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        return image_size(self.folder / self.rows[index][0])
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        name, caption = self.rows[index]
+        return Example(read_image(self.folder / name), caption)
+
+
+def open_dataset(folder: Path) -> MetadataFolder | CaptionedFolder:
+    """The dataset in a folder: its metadata.csv when it has one, else its images with .txt captions."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"The dataset folder {folder} does not exist.")
+    if (folder / METADATA_FILE).is_file():
+        return MetadataFolder(folder)
+    return CaptionedFolder(folder)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(width, height) after EXIF rotation, read from the file's header; DatasetError naming an unreadable file."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)  # EXIF orientation: 5-8 swap the sides
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise DatasetError(f"Cannot read the image {path}: {error}.", "Replace or remove that file.") from None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def read_image(path: Path) -> Image.Image:
+    """The image as RGB, EXIF rotation applied; DatasetError naming the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return ImageOps.exif_transpose(image).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise DatasetError(f"Cannot read the image {path}: {error}.", "Replace or remove that file.") from None
+
+
+def fit_to_size(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Scale (Lanczos) until the image covers width x height, then crop the centre: no stretching, no borders."""
+    if image.size == (width, height):
+        return image
+    scale = max(width / image.width, height / image.height)
+    scaled = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    resized = image.resize(scaled, Image.Resampling.LANCZOS)
+    left, top = (scaled[0] - width) // 2, (scaled[1] - height) // 2
+    return resized.crop((left, top, left + width, top + height))
+
+
+def _some(names: list[str]) -> str:
+    shown = ", ".join(names[:_LISTED])
+    return shown + (f" and {len(names) - _LISTED} more" if len(names) > _LISTED else "")

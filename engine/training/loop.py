@@ -1,9 +1,14 @@
 """The flow-matching training loop, on accelerate: the same code runs on a CPU, one GPU, or several under
 `accelerate launch` (each process takes its own slice of every global batch; accelerate syncs gradients).
 
-Randomness is a pure function of (seed, step, process): the data order of each epoch comes from a generator
-seeded with the epoch, and the noise, noise levels and caption dropout of a step from one seeded with the
-step. A run resumed from a checkpoint therefore draws exactly what the uninterrupted run would have.
+Randomness is a pure function of (seed, step): the data order of each epoch comes from a generator seeded
+with the epoch, and the noise, noise levels and caption dropout of a step from one seeded with the step.
+Those are drawn for the whole global batch and each process keeps its slice, so n processes with batch b
+train exactly as one process with batch n*b, and a run resumed from a checkpoint draws exactly what the
+uninterrupted run would have.
+
+TrainMode.FULL trains every weight; TrainMode.LORA injects a peft adapter (unless the caller did, e.g. to
+store the base in fp8 around it) and trains and checkpoints only the adapter.
 """
 
 from __future__ import annotations
@@ -14,23 +19,48 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
 from engine.schedulers.flow_match import FlowMatchConfig
-from engine.training import checkpoint, seeding
+from engine.training import adapter, checkpoint, seeding
 from engine.training.caching import TrainingCache
-from engine.training.config import LrSchedule, TrainConfig
+from engine.training.config import LrSchedule, TrainConfig, TrainMode
 from engine.training.ema import Ema
 from engine.training.logbook import Logbook
-from engine.training.objective import flow_matching_loss, image_seq_len, sample_sigmas
+from engine.training.objective import flow_matching_loss, image_seq_len, sample_noise_levels
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 LOSS_LOG = "loss.jsonl"
-# Fields a resumed run may change: how long it runs and how often it reports. The rest shape what it draws.
-_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every"}
+# Fields a resumed run may change: how long it runs, how often it reports, how it saves memory. The rest shape
+# what it draws or learns.
+_RESUMABLE_CHANGES = {"steps", "checkpoint_every", "keep_checkpoints", "log_every", "gradient_checkpointing"}
+
+
+class BatchSource(Protocol):
+    """Where batches come from: the cache to read and the examples in it that `process` trains on at `step`."""
+
+    def __len__(self) -> int: ...
+
+    def pick(self, config: TrainConfig, step: int, process: int = 0, processes: int = 1
+             ) -> tuple[TrainingCache, torch.Tensor]: ...
+
+
+class SingleCache:
+    """One cache of same-sized images (the shapes world's build), in batch_indices' order."""
+
+    def __init__(self, cache: TrainingCache):
+        self.cache = cache
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def pick(self, config: TrainConfig, step: int, process: int = 0, processes: int = 1
+             ) -> tuple[TrainingCache, torch.Tensor]:
+        return self.cache, batch_indices(config, len(self.cache), step, process, processes)
 
 
 @dataclass(frozen=True)
@@ -80,6 +110,8 @@ def batch_indices(config: TrainConfig, dataset_size: int, step: int, process: in
 
 
 def step_generator(config: TrainConfig, step: int, process: int = 0) -> torch.Generator:
+    """The generator of a step's noise, noise levels and caption dropout (drawn for the global batch, so the
+    loop asks for process 0 on every process)."""
     return seeding.generator(config.seed, 2, step, process)
 
 
@@ -93,24 +125,60 @@ def _check_resumable(config: TrainConfig, saved: dict, path: Path) -> None:
             "continue the same run.", "Use the same settings, or a new output folder to start afresh.")
 
 
-def train(transformer: torch.nn.Module, cache: TrainingCache, config: TrainConfig, schedule: FlowMatchConfig,
-          output_dir: Path, progress: Callable[[TrainProgress], None] | None = None,
-          should_stop: Callable[[int], bool] | None = None) -> TrainResult:
-    """Train `transformer` (every weight: TrainMode.FULL) on the cached latents and prompts.
+def _check_processes(saved: int | None, processes: int, path: Path) -> None:
+    if saved is not None and saved != processes:
+        raise checkpoint.CheckpointError(
+            f"The checkpoint {path} was made by {saved} process(es), this run has {processes}; the global batch "
+            "and so the run would change.", f"Resume with {saved} process(es).")
+
+
+def _trainable(transformer: torch.nn.Module, config: TrainConfig) -> list[torch.nn.Parameter]:
+    """Make the parameters of config.mode trainable (injecting the LoRA adapter if absent) and return them."""
+    if config.mode is TrainMode.LORA:
+        if not adapter.has_lora(transformer):
+            adapter.add_lora(transformer, config.lora_rank, config.lora_alpha, config.lora_targets, config.seed)
+        return list(adapter.trainable_state(transformer).values())
+    transformer.requires_grad_(True)
+    return list(transformer.parameters())
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """Called every `every` steps on the main process with the step and the model as it is then."""
+
+    every: int
+    make: Callable[[int, torch.nn.Module], None]
+
+
+def train(transformer: torch.nn.Module, cache: TrainingCache | BatchSource, config: TrainConfig,
+          schedule: FlowMatchConfig, output_dir: Path, progress: Callable[[TrainProgress], None] | None = None,
+          should_stop: Callable[[int], bool] | None = None, sampler: Sampler | None = None) -> TrainResult:
+    """Train `transformer` (every weight, or a LoRA adapter: config.mode) on cached latents and prompts.
 
     Resumes from the newest checkpoint in output_dir/checkpoints when there is one. Writes a checkpoint every
     config.checkpoint_every steps and at the end, and the loss log output_dir/loss.jsonl. should_stop(step) is
-    asked after every step; when it says yes the loop saves a checkpoint and returns.
+    asked after every step (under several processes, any one saying yes stops all); when it says yes the loop
+    saves a checkpoint and returns.
     """
     from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
 
     output_dir = Path(output_dir)
-    accelerator = Accelerator(mixed_precision=config.mixed_precision)
-    transformer.requires_grad_(True).train()
-    optimizer = torch.optim.AdamW(transformer.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay,
+    source: BatchSource = SingleCache(cache) if isinstance(cache, TrainingCache) else cache
+    # The last block's text-stream output is discarded by the model, so its text weights (and their LoRA) get no
+    # gradient; DDP must be told to expect that, or it waits for them and fails on the next step.
+    accelerator = Accelerator(mixed_precision=config.mixed_precision,
+                              gradient_accumulation_steps=config.gradient_accumulation,
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    parameters = _trainable(transformer, config)
+    if config.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    transformer.train()
+    optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay,
                                   betas=(config.adam_beta1, config.adam_beta2))
     ema = Ema(transformer, config.ema_decay) if config.ema_decay > 0 else None
     logbook = Logbook(output_dir / LOSS_LOG)
+    process, processes = accelerator.process_index, accelerator.num_processes
 
     start = 0
     interval: list[float] = []  # losses since the last log line; kept in checkpoints so the log resumes exactly
@@ -118,7 +186,11 @@ def train(transformer: torch.nn.Module, cache: TrainingCache, config: TrainConfi
     if saved is not None:
         state = checkpoint.load(saved)
         _check_resumable(config, state.state.get("config", {}), saved)
-        transformer.load_state_dict(state.modules["model"])
+        _check_processes(state.state.get("processes"), processes, saved)
+        if config.mode is TrainMode.LORA:
+            adapter.load_trainable_state(transformer, state.modules["lora"])
+        else:
+            transformer.load_state_dict(state.modules["model"])
         if ema is not None:
             ema.load_state_dict(state.modules["ema"])
         optimizer.load_state_dict(state.optimizer)
@@ -130,48 +202,62 @@ def train(transformer: torch.nn.Module, cache: TrainingCache, config: TrainConfi
 
     model, optimizer = accelerator.prepare(transformer, optimizer)
     unwrapped = accelerator.unwrap_model(model)
-    tokens = image_seq_len(cache.latents)
-    process, processes = accelerator.process_index, accelerator.num_processes
 
     def save(step: int) -> Path:
         path = checkpoint.folder_for(output_dir / CHECKPOINTS, step)
         if accelerator.is_main_process:
-            modules = {"model": unwrapped.state_dict()}
+            if config.mode is TrainMode.LORA:
+                modules = {"lora": adapter.trainable_state(unwrapped)}  # the frozen base is in the model's files
+            else:
+                modules = {"model": unwrapped.state_dict()}
             if ema is not None:
                 modules["ema"] = ema.state_dict()
-            checkpoint.save(output_dir / CHECKPOINTS, step, modules, optimizer.state_dict(),
-                            {"config": config.to_dict(), "interval": interval}, keep=config.keep_checkpoints)
+            run_state = {"config": config.to_dict(), "interval": interval, "processes": processes}
+            checkpoint.save(output_dir / CHECKPOINTS, step, modules, optimizer.state_dict(), run_state,
+                            keep=config.keep_checkpoints)
         accelerator.wait_for_everyone()
         return path
+
+    def micro_step_loss(micro: int) -> torch.Tensor:
+        """Loss of this process's slice of global micro-batch `micro`, its draws made for the whole batch."""
+        part, indices = source.pick(config, micro, process, processes)
+        latents = part.latents[indices]
+        count = len(indices) * processes
+        generator = step_generator(config, micro)
+        noise = torch.randn((count, *latents.shape[1:]), generator=generator)
+        sigmas, weights = sample_noise_levels(config, schedule, image_seq_len(latents), count, generator)
+        dropped = torch.rand(count, generator=generator) < config.caption_dropout
+        mine = slice(process * len(indices), (process + 1) * len(indices))
+        embeds, mask = part.text_batch(indices, dropped[mine])
+        device = accelerator.device
+        with accelerator.autocast():
+            return flow_matching_loss(model, latents.to(device), noise[mine].to(device), sigmas[mine].to(device),
+                                      embeds.to(device), mask.to(device) if mask is not None else None,
+                                      weights[mine] if weights is not None else None)
 
     began = time.monotonic()
     last_loss = math.nan
     step = start
     last_saved = saved
+    accumulation = config.gradient_accumulation
     while step < config.steps:
         learning_rate = learning_rate_at(config, step)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate
-        indices = batch_indices(config, len(cache), step, process, processes)
-        generator = step_generator(config, step, process)
-        latents = cache.latents[indices]
-        noise = torch.randn(latents.shape, generator=generator)
-        sigmas = sample_sigmas(config, schedule, tokens, len(indices), generator)
-        dropped = torch.rand(len(indices), generator=generator) < config.caption_dropout
-        embeds, mask = cache.text_batch(indices, dropped)
-        device = accelerator.device
-        with accelerator.autocast():
-            loss = flow_matching_loss(model, latents.to(device), noise.to(device), sigmas.to(device),
-                                      embeds.to(device), mask.to(device) if mask is not None else None)
-        accelerator.backward(loss)
-        if config.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for micro in range(step * accumulation, (step + 1) * accumulation):
+            with accelerator.accumulate(model):
+                loss = micro_step_loss(micro)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()  # accelerate makes these no-ops until the last micro-batch of the step
+                optimizer.zero_grad(set_to_none=True)
+            losses.append(accelerator.gather(loss.detach()[None]).mean())
         if ema is not None:
             ema.update(unwrapped, step)
         step += 1
-        interval.append(float(accelerator.gather(loss.detach()[None]).mean()))
+        interval.append(float(torch.stack(losses).mean()))
 
         if step % config.log_every == 0 or step == config.steps:
             last_loss = sum(interval) / len(interval)
@@ -183,7 +269,14 @@ def train(transformer: torch.nn.Module, cache: TrainingCache, config: TrainConfi
                 progress(TrainProgress(step, config.steps, last_loss, learning_rate, elapsed,
                                        (config.steps - step) / rate if rate else math.inf))
             interval = []
+        if sampler is not None and step % sampler.every == 0:
+            if accelerator.is_main_process:
+                with accelerator.autocast():
+                    sampler.make(step, unwrapped)
+            accelerator.wait_for_everyone()
         stop = should_stop is not None and should_stop(step)
+        if processes > 1:  # a signal or STOP file seen by one process stops all at the same step
+            stop = bool(accelerator.reduce(torch.tensor([int(stop)], device=accelerator.device), "sum").item())
         if step % config.checkpoint_every == 0 or step == config.steps or stop:
             last_saved = save(step)
         if stop:
@@ -195,9 +288,12 @@ def train(transformer: torch.nn.Module, cache: TrainingCache, config: TrainConfi
 
 
 def trained_weights(output_dir: Path, use_ema: bool = True) -> dict[str, torch.Tensor]:
-    """The newest checkpoint's weights: the EMA copy when the run kept one and use_ema, else the raw ones."""
+    """The newest checkpoint's weights: the EMA copy when the run kept one and use_ema, else the raw ones
+    (for a LoRA run, the adapter's parameters by their names in the model)."""
     saved = checkpoint.latest(Path(output_dir) / CHECKPOINTS)
     if saved is None:
         raise checkpoint.CheckpointError(f"No checkpoint in {Path(output_dir) / CHECKPOINTS}.")
     modules = checkpoint.load(saved, restore_rng=False).modules
-    return modules["ema"] if use_ema and "ema" in modules else modules["model"]
+    if use_ema and "ema" in modules:
+        return modules["ema"]
+    return modules["lora"] if "lora" in modules else modules["model"]

@@ -1,0 +1,138 @@
+"""The star LoRA: teach the shipped tiny-shapes model the held-out star from 24 images, and judge the result.
+
+`python -m engine.toyworld star-lora --out outputs/star` writes <out>/dataset (24 renders of one large star,
+each captioned canonically with the trigger word before "star", in a metadata.csv) and <out>/run.toml; then
+`python -m engine train --config <out>/run.toml` trains <out>/training/star.safetensors, and
+`python -m engine.toyworld star-score --lora <out>/training/star.safetensors` counts in how many of 20 seeds
+the detector finds a star with the LoRA at weight 1 and at weight 0 (the base model never saw one).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.toyworld.captions import canonical_caption
+from engine.toyworld.dataset import METADATA_FILE
+from engine.toyworld.detector import detect
+from engine.toyworld.vocabulary import Shape, Size
+from engine.toyworld.world import make_sample
+
+TRIGGER = "zxq"
+IMAGES = 24
+IMAGE_SIZE = 128
+FIRST_SEED = 3_000_000  # apart from the seeds the base model trained (0..), was scored (1e6..) or measured (2e6..) on
+PROMPT = f"a large yellow {TRIGGER} star in the center on a blue background"
+SAMPLE_PROMPTS = (PROMPT, f"a large red {TRIGGER} star in the top left on a white background")
+
+
+@dataclass(frozen=True)
+class StarRecipe:
+    """The settings of the star run, written into run.toml (the trainer's own defaults fill in the rest).
+
+    Tried on a half-trained tiny-shapes (step 5500 of 10000), 20 seeds of PROMPT: 400 steps x 4 found a star
+    in 50%; 1500 x 8 in 65% (~3.5 min on 2 busy cores); 1500 x 8 at lr 2e-3 in 45%; 3000 x 8 in 35% (the 24
+    images memorised, loss 0.01). Weight 0 found one in 10% throughout.
+    """
+
+    steps: int = 1500
+    batch_size: int = 8
+    learning_rate: float = 1e-3
+    rank: int = 16
+    checkpoint_every: int = 250
+    sample_every: int = 250
+    sample_steps: int = 20
+    seed: int = 0
+
+
+def star_seeds(count: int = IMAGES, first_seed: int = FIRST_SEED) -> list[int]:
+    """The first `count` seeds from first_seed whose star scene holds exactly one large star: one clear
+    example per image, large enough that its points survive at 128 pixels."""
+    seeds, seed = [], first_seed
+    while len(seeds) < count:
+        shapes = make_sample(seed, size=IMAGE_SIZE, shapes=(Shape.STAR,)).scene.shapes
+        if len(shapes) == 1 and shapes[0].size is Size.LARGE:
+            seeds.append(seed)
+        seed += 1
+    return seeds
+
+
+def star_caption(caption: str, trigger: str = TRIGGER) -> str:
+    return caption.replace(" star", f" {trigger} star")
+
+
+def write_star_dataset(folder: Path, count: int = IMAGES) -> Path:
+    """PNGs and a metadata.csv (image,prompt); returns the metadata file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    metadata = folder / METADATA_FILE
+    with metadata.open("w", newline="", encoding="utf-8") as file:
+        writer = csv.writer(file)
+        writer.writerow(["image", "prompt"])
+        for index, seed in enumerate(star_seeds(count)):
+            sample = make_sample(seed, size=IMAGE_SIZE, shapes=(Shape.STAR,))
+            name = f"star-{index:02d}.png"
+            sample.image.save(folder / name)
+            writer.writerow([name, star_caption(canonical_caption(sample.scene))])
+    return metadata
+
+
+def run_toml(dataset: Path, output: Path, recipe: StarRecipe = StarRecipe(), preset: str = "tiny-shapes") -> str:
+    """The run.toml text for the star LoRA on `preset`."""
+    def value(item: object) -> str:
+        return json.dumps(str(item)) if isinstance(item, Path) else json.dumps(item)
+
+    return "\n".join([
+        "# The star LoRA (python -m engine.toyworld star-lora). Train: python -m engine train --config <this file>",
+        "[model]", f"preset = {value(preset)}",
+        "[dataset]", f"path = {value(dataset)}", f"resolution = {IMAGE_SIZE}",
+        "[train]", 'mode = "lora"', f"steps = {recipe.steps}", f"batch_size = {recipe.batch_size}",
+        f"learning_rate = {recipe.learning_rate}", f"rank = {recipe.rank}", f"alpha = {recipe.rank}",
+        'timestep_sampling = "shifted_uniform"', f"checkpoint_every = {recipe.checkpoint_every}",
+        f"sample_every = {recipe.sample_every}", f"sample_prompts = {value(list(SAMPLE_PROMPTS))}",
+        f"sample_steps = {recipe.sample_steps}", f"seed = {recipe.seed}", f"trigger_word = {value(TRIGGER)}",
+        "[output]", f"dir = {value(output)}", 'name = "star"', "",
+    ])
+
+
+def write_star_recipe(out: Path, recipe: StarRecipe = StarRecipe(), preset: str = "tiny-shapes") -> Path:
+    """<out>/dataset and <out>/run.toml (training output in <out>/training); returns the run.toml."""
+    out = Path(out)
+    write_star_dataset(out / "dataset")
+    path = out / "run.toml"
+    path.write_text(run_toml(out / "dataset", out / "training", recipe, preset), encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class StarScore:
+    with_lora: float  # share of seeds whose image shows a star, LoRA at weight 1
+    without_lora: float  # the same at weight 0
+    seeds: int
+    prompt: str
+
+
+def has_star(image) -> bool:
+    return any(shape.shape is Shape.STAR for shape in detect(image).shapes)
+
+
+def score_star_lora(model, lora: Path, seeds: int = 20, prompt: str = PROMPT,
+                    progress: Callable[[int, int], None] | None = None) -> StarScore:
+    """Generate `prompt` at the LoRA's 128 pixels for seeds 0..seeds-1 with the LoRA at weight 1 and at weight 0
+    (the model's own steps and guidance); count the images in which the detector finds a star."""
+    from engine.settings import LoraChoice
+
+    shares = []
+    for done, weight in enumerate((1.0, 0.0)):
+        found = 0
+        for seed in range(seeds):
+            result = model.generate(prompt, seed=seed, width=IMAGE_SIZE, height=IMAGE_SIZE,
+                                    loras=(LoraChoice(str(lora), weight),))
+            found += has_star(result.images[0])
+            if progress:
+                progress(done * seeds + seed + 1, 2 * seeds)
+        shares.append(found / seeds)
+    return StarScore(with_lora=shares[0], without_lora=shares[1], seeds=seeds, prompt=prompt)

@@ -1,0 +1,48 @@
+"""The star LoRA recipe: 24 single large stars captioned with the trigger word, and a run.toml that the
+trainer reads; trained here for two steps on the tiny random model (the real run needs tiny-shapes)."""
+
+from __future__ import annotations
+
+import csv
+
+from PIL import Image
+
+from engine.toyworld.__main__ import main
+from engine.toyworld.detector import detect
+from engine.toyworld.star_lora import PROMPT, TRIGGER, score_star_lora, star_seeds, write_star_recipe
+from engine.toyworld.vocabulary import Shape
+from engine.training.run import run_from_file
+from engine.training.run_config import read_run_config
+
+
+def test_the_dataset_is_24_single_large_stars_captioned_with_the_trigger_word(tmp_path):
+    run_toml = write_star_recipe(tmp_path)
+    with (tmp_path / "dataset" / "metadata.csv").open(newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert len(rows) == 24 and len({row["prompt"] for row in rows}) > 12
+    for row in rows:
+        assert row["prompt"].startswith("a large ") and f" {TRIGGER} star " in row["prompt"]
+        assert " and " not in row["prompt"]  # one star per image
+    found = [shape.shape for row in rows for shape in detect(Image.open(tmp_path / "dataset" / row["image"])).shapes]
+    assert found == [Shape.STAR] * 24
+    assert star_seeds() == star_seeds()  # the same images on every machine
+
+    config = read_run_config(run_toml)
+    assert config.model.preset == "tiny-shapes" and config.dataset.path == tmp_path / "dataset"
+    assert config.dataset.resolution == 128 and config.trigger_word == TRIGGER
+    assert PROMPT in config.samples.prompts and config.lora_path == tmp_path / "training" / "star.safetensors"
+
+
+def test_the_recipe_trains_and_scores_on_the_tiny_random_model(tiny_qwen_dir, tmp_path, capsys):
+    assert main(["star-lora", "--out", str(tmp_path), "--steps", "2"]) == 0
+    assert capsys.readouterr().out.startswith(f"wrote {tmp_path / 'dataset'} and {tmp_path / 'run.toml'}")
+    text = (tmp_path / "run.toml").read_text().replace('preset = "tiny-shapes"', f'model = "{tiny_qwen_dir}"')
+    (tmp_path / "run.toml").write_text(text.replace("sample_every = 250", "sample_every = 0"))
+    status = run_from_file(tmp_path / "run.toml")
+    assert status.state.value == "finished" and status.step == 2
+
+    import engine
+
+    score = score_star_lora(engine.load(tiny_qwen_dir, device="cpu"), tmp_path / "training" / "star.safetensors",
+                            seeds=1)
+    assert score.seeds == 1 and score.prompt == PROMPT and {score.with_lora, score.without_lora} <= {0.0, 1.0}

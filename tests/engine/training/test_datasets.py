@@ -1,0 +1,72 @@
+"""Dataset folders: kohya-style images with .txt captions, metadata.csv, and the errors a user can fix."""
+
+from __future__ import annotations
+
+import pytest
+from PIL import Image
+
+from engine.toyworld.dataset import write_dataset
+from engine.training.data import CaptionedFolder, DatasetError, MetadataFolder, fit_to_size, open_dataset
+
+
+def write_image(path, size=(40, 30), color=(200, 10, 10)):
+    Image.new("RGB", size, color).save(path)
+
+
+def test_kohya_folder_pairs_each_image_with_its_caption_file(tmp_path):
+    write_image(tmp_path / "b.png", (40, 30))
+    (tmp_path / "b.txt").write_text("a red picture\n")
+    write_image(tmp_path / "a.jpg", (30, 40))
+    (tmp_path / "a.txt").write_text("zxq star")
+    (tmp_path / "notes.md").write_text("not part of the dataset")
+    dataset = open_dataset(tmp_path)
+    assert isinstance(dataset, CaptionedFolder) and len(dataset) == 2
+    assert [example.caption for example in dataset] == ["zxq star", "a red picture"]
+    assert dataset.image_size(0) == (30, 40) and dataset[1].image.mode == "RGB"
+
+
+def test_metadata_csv_wins_over_caption_files_and_keeps_extra_columns_out_of_the_way(tmp_path):
+    write_dataset(tmp_path, count=2, size=64)
+    text = (tmp_path / "metadata.csv").read_text().splitlines()
+    rows = [text[0] + ",edit_image"] + [line + ",x.png" for line in text[1:]]
+    (tmp_path / "metadata.csv").write_text("\n".join(rows))
+    dataset = open_dataset(tmp_path)
+    assert isinstance(dataset, MetadataFolder) and len(dataset) == 2 and dataset.image_size(1) == (64, 64)
+
+
+def test_error_names_the_images_without_a_caption_file(tmp_path):
+    for name in ("one", "two"):
+        write_image(tmp_path / f"{name}.png")
+    (tmp_path / "one.txt").write_text("a caption")
+    with pytest.raises(DatasetError) as caught:
+        open_dataset(tmp_path)
+    assert str(caught.value) == (f"1 image(s) in {tmp_path} have no caption file: two.png. Write each caption into a "
+                                 ".txt file with the image's name (e.g. two.txt).")
+
+
+def test_error_says_what_a_dataset_folder_needs_when_it_holds_no_images(tmp_path):
+    with pytest.raises(DatasetError) as caught:
+        open_dataset(tmp_path)
+    assert str(caught.value).startswith(f"{tmp_path} holds no images and no metadata.csv.")
+
+
+def test_error_names_an_unreadable_image(tmp_path):
+    (tmp_path / "broken.png").write_bytes(b"this is not a png")
+    (tmp_path / "broken.txt").write_text("a caption")
+    dataset = open_dataset(tmp_path)
+    with pytest.raises(DatasetError) as caught:
+        dataset.image_size(0)
+    assert str(caught.value).startswith(f"Cannot read the image {tmp_path / 'broken.png'}: ")
+    assert str(caught.value).endswith("Replace or remove that file.")
+    with pytest.raises(DatasetError, match="broken.png"):
+        dataset[0]
+
+
+def test_fitting_scales_to_cover_and_crops_the_centre():
+    image = Image.new("RGB", (200, 100), (0, 0, 255))
+    image.paste((255, 0, 0), (0, 0, 30, 100))  # a red band at the left edge is cropped away
+    fitted = fit_to_size(image, 64, 64)
+    assert fitted.size == (64, 64)
+    assert fitted.getpixel((0, 32)) == (0, 0, 255) and fitted.getpixel((63, 32)) == (0, 0, 255)
+    same = Image.new("RGB", (64, 48))
+    assert fit_to_size(same, 64, 48) is same  # no resampling when the size is already right
