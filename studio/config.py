@@ -22,3 +22,12 @@ class StudioConfig:
     presets_dir: Path = PRESETS_DIR
     preset: str = DEFAULT_PRESET  # what the tabs open on
     device: str | None = None  # None: the engine picks (cuda when present)
+    loras_dir: Path | None = None  # LoRA files the generating tabs offer; None: <models_dir>/loras
+    training_dir: Path | None = None  # training runs and uploaded datasets; None: <outputs_dir>/training
+
+    def __post_init__(self) -> None:
+        # Derived here, once, so every reader agrees on where the folders are.
+        if self.loras_dir is None:
+            object.__setattr__(self, "loras_dir", Path(self.models_dir) / "loras")
+        if self.training_dir is None:
+            object.__setattr__(self, "training_dir", Path(self.outputs_dir) / "training")

@@ -17,7 +17,7 @@ from studio.errors import boundary
 from studio.services import Services
 from studio.system import describe as describe_system
 from studio.system import system_facts
-from studio.tabs import history, models, text_to_image
+from studio.tabs import history, models, text_to_image, train
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ CSS = """
 .studio-progress-text { font-size: var(--text-sm); margin-top: 4px; color: var(--body-text-color-subdued); }
 .studio-progress-text.studio-failed { color: var(--error-text-color); font-weight: 600; }
 #studio-notice { border-left: 4px solid var(--primary-500); padding-left: 12px; }
-#studio-system { text-align: right; font-size: var(--text-sm); color: var(--body-text-color-subdued); }
+#studio-system, #studio-plan { text-align: right; font-size: var(--text-sm); color: var(--body-text-color-subdued); }
 #t2i-generate { background: var(--primary-600); color: white; }
 #t2i-generate:hover { background: var(--primary-700); }
 #t2i-current img { width: 100%; height: 100%; object-fit: contain; }
@@ -90,7 +90,9 @@ def build(services: Services) -> gr.Blocks:
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(3600, 86400)) as app:
         with gr.Row(equal_height=True):
             gr.Markdown(f"# {TITLE}", elem_id="studio-title")
-            system = gr.Markdown("Reading the device…", elem_id="studio-system")
+            with gr.Column(scale=3):
+                system = gr.Markdown("Reading the device…", elem_id="studio-system")
+                system_plan = gr.Markdown("", elem_id="studio-plan")
             refresh_system = gr.Button("Refresh", size="sm", scale=0, min_width=90, elem_id="studio-system-refresh")
         text = notice(services, opening)
         banner = gr.Markdown(text, visible=bool(text), elem_id="studio-notice")
@@ -99,11 +101,14 @@ def build(services: Services) -> gr.Blocks:
                 t2i = text_to_image.build(text_to_image.choices_for(services))
             with gr.Tab("History", id="history") as history_tab:
                 past = history.build(history.recent(services))
+            with gr.Tab("Train", id="train"):
+                trainer = train.build(train.choices_for(services))
             with gr.Tab("Models", id="models"):
                 catalog_ui = models.build(models.choices_for(services))
 
-        text_to_image.wire(t2i, services, app.load)
+        text_to_image.wire(t2i, services, app.load, system_plan)
         history.wire(past, services, t2i, tabs, T2I_TAB, history_tab)
+        train.wire(trainer, services, app.load)
         models.wire(catalog_ui, services, [(Tab.TEXT_TO_IMAGE, t2i.preset)])
 
         read_system = boundary(lambda: describe_system(system_facts(services.config.device)))
@@ -131,7 +136,8 @@ def launch(services: Services, access: Access, block: bool = True) -> gr.Blocks:
     app.launch(server_name=config.host, server_port=config.port, share=config.share,
                auth=[access.credentials] if access.credentials else None,
                auth_message="Log in to the studio." if access.credentials else None,
-               allowed_paths=[str(config.outputs_dir.resolve())], prevent_thread_lock=True, ssr_mode=False,
+               allowed_paths=[str(config.outputs_dir.resolve()), str(config.training_dir.resolve())],
+               prevent_thread_lock=True, ssr_mode=False,
                theme=THEME, css=CSS, head=HEAD, footer_links=["api", "settings"], quiet=False, show_error=True)
     if block:
         app.block_thread()

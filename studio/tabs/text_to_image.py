@@ -1,4 +1,4 @@
-"""Text to Image: prompt in, images out, with a live preview, Cancel, and image-to-image from any result.
+"""Text to Image: prompt in, images out, with a live preview, Cancel, LoRAs, and image-to-image from any result.
 
 build(choices) lays the tab out and returns its components; wire(ui, services) attaches the events. Each
 handler is short: the form's values -> GenerateSettings -> one job on the worker -> outputs.
@@ -15,13 +15,16 @@ import gradio as gr
 from engine.errors import Cancelled, PresetError
 from engine.metadata import parameters_for
 from engine.presets import Preset, Tab
-from engine.settings import MAX_CFG, MAX_COUNT, GenerateSettings, fit_to_limits
+from engine.settings import MAX_CFG, MAX_COUNT, GenerateSettings, LoraChoice, fit_to_limits
 from engine.sources import resolve
+from studio import lora_pickers
 from studio.catalog import Availability
 from studio.errors import boundary
 from studio.history import read_recipe
 from studio.jobs import CONCURRENCY_ID, Job
+from studio.loras import LORA_SUFFIX
 from studio.services import Services
+from studio.system import PlanCache, plan_before, plan_used
 from studio.widgets import (
     RANDOM_SEED,
     message_html,
@@ -45,6 +48,8 @@ class Choices:
     preset: Preset | None  # the one the tab opens on; None when there is none at all
     availability: Availability | None  # of that preset's files
     sides: tuple[int, int]  # the smallest and largest side any of the presets takes
+    loras: list[str]  # the LoRA files on offer, by name inside loras_dir
+    loras_dir: Path
 
 
 def opening_preset(services: Services) -> Preset | None:
@@ -63,7 +68,8 @@ def choices_for(services: Services) -> Choices:
     sides = (min((p.limits.min_side for p in presets), default=16),
              max((p.limits.max_side for p in presets), default=2048))
     return Choices([(p.title, p.name) for p in presets], preset,
-                   services.catalog.availability(preset) if preset else None, sides)
+                   services.catalog.availability(preset) if preset else None, sides,
+                   lora_pickers.lora_names(services.config), services.config.loras_dir)
 
 
 @dataclass
@@ -86,6 +92,7 @@ class TextToImageUI:
     img2img: gr.Accordion
     input_image: gr.Image
     strength: gr.Slider
+    loras: lora_pickers.LoraPickers
     restore_png: gr.Image
     progress: gr.HTML
     current: gr.Image
@@ -95,6 +102,7 @@ class TextToImageUI:
     results: gr.State  # this session's saved paths, newest first
     last_seed: gr.State
     selected: gr.State  # path of the result picked in the gallery
+    used_plan: gr.State  # the System panel's text on the plan the last run used; None until a run finishes
 
 
 def build(choices: Choices) -> TextToImageUI:
@@ -139,6 +147,7 @@ def build(choices: Choices) -> TextToImageUI:
                 strength = gr.Slider(0.05, 1.0, value=DEFAULT_STRENGTH, step=0.05, label="Strength",
                                      info="How much of the input is redrawn: low keeps it, 1 ignores it.",
                                      elem_id="t2i-strength")
+            loras = lora_pickers.build(choices.loras, choices.loras_dir, "t2i")
             restore_png = gr.Image(label="Restore settings: drop a studio PNG here or anywhere", type="filepath",
                                    image_mode=None, sources=["upload"], height=140, elem_id="t2i-restore")
         with gr.Column(scale=3, min_width=400):
@@ -150,8 +159,9 @@ def build(choices: Choices) -> TextToImageUI:
                 info = gr.Markdown(label="Details", elem_id="t2i-info")
                 use_as_input = gr.Button("Use as input", scale=0, min_width=140, elem_id="t2i-use-as-input")
     return TextToImageUI(preset_picker, preset_info, prompt, negative, generate, cancel, size, width, height, steps,
-                         cfg, seed, random_seed, reuse_seed, count, img2img, input_image, strength, restore_png,
-                         progress, current, gallery, info, use_as_input, gr.State([]), gr.State(None), gr.State(None))
+                         cfg, seed, random_seed, reuse_seed, count, img2img, input_image, strength, loras, restore_png,
+                         progress, current, gallery, info, use_as_input, gr.State([]), gr.State(None), gr.State(None),
+                         gr.State(None))
 
 
 def preset_summary(preset: Preset, availability: Availability | None = None) -> str:
@@ -164,11 +174,12 @@ def preset_summary(preset: Preset, availability: Availability | None = None) -> 
 
 
 def form_settings(preset: Preset, prompt: str, negative: str, width: float, height: float, steps: float, cfg: float,
-                  seed: float | None, count: float, strength: float, image_to_image: bool) -> GenerateSettings:
+                  seed: float | None, count: float, strength: float, image_to_image: bool,
+                  loras: tuple[LoraChoice, ...] = ()) -> GenerateSettings:
     """The form's values as checked settings; sizes checked against the model before any waiting."""
     settings = GenerateSettings(prompt=prompt, negative_prompt=negative or " ", width=int(width), height=int(height),
                                 steps=int(steps), cfg=float(cfg), seed=pick_seed(seed), count=int(count),
-                                strength=float(strength) if image_to_image else 1.0)
+                                strength=float(strength) if image_to_image else 1.0, loras=loras)
     fit_to_limits(settings, preset.limits, preset.title)
     return settings
 
@@ -188,8 +199,21 @@ def fields_for(preset: Preset, availability: Availability, settings: GenerateSet
             values.negative_prompt)
 
 
-def wire(ui: TextToImageUI, services: Services, page_load) -> None:
-    """page_load: the app's load event, on which the tab catches up with presets added since the start."""
+def plan_panel(services: Services, plans: PlanCache, preset_name: str | None, width: float, height: float,
+               count: float, cfg: float) -> str:
+    """The System panel's text for the form as it is: the VRAM plan for the chosen preset and settings."""
+    if not preset_name:
+        return ""
+    try:
+        preset = services.catalog.get(preset_name)
+    except PresetError as error:
+        return str(error)
+    return plan_before(plans, preset, services.catalog.availability(preset), width, height, count, cfg)
+
+
+def wire(ui: TextToImageUI, services: Services, page_load, system_plan: gr.Markdown | None = None) -> None:
+    """page_load: the app's load event, on which the tab catches up with presets added since the start.
+    system_plan: the System panel's plan line, which follows this tab's settings and shows the plan a run used."""
     catalog, worker, outputs = services.catalog, services.worker, services.outputs
     followers = preset_fields(ui)
 
@@ -210,17 +234,22 @@ def wire(ui: TextToImageUI, services: Services, page_load) -> None:
     ui.reuse_seed.click(lambda last: gr.skip() if last is None else last, ui.last_seed, ui.seed,
                         api_visibility="private", queue=False)
 
-    @boundary(on_error=lambda message: {ui.progress: message_html(message, failed=True)})
+    # One parameter per LoRA picker and weight (lora_pickers.ROWS of each), so API callers can name them.
+    @boundary(on_error=lambda message: {ui.progress: message_html(message, failed=True), ui.used_plan: None})
     def generate(preset_name: str, prompt: str, negative: str, width: float, height: float, steps: float,
                  cfg: float, seed: float | None, count: float, input_image: str | None, strength: float,
-                 results: list[str], request: gr.Request, progress=gr.Progress()):
+                 lora_1: str, weight_1: float, lora_2: str, weight_2: float, lora_3: str, weight_3: float,
+                 lora_4: str, weight_4: float, results: list[str], request: gr.Request, progress=gr.Progress()):
         if not preset_name:
             raise PresetError("No model is chosen.", "Pick one in the Model list; the Models tab shows what is there.")
         preset = catalog.get(preset_name)
+        loras = lora_pickers.chosen_loras(services.config, [lora_1, weight_1, lora_2, weight_2, lora_3, weight_3,
+                                                            lora_4, weight_4])
         settings = form_settings(preset, prompt, negative, width, height, steps, cfg, seed, count, strength,
-                                 input_image is not None)
+                                 input_image is not None, loras)
         resolve(preset, services.config.models_dir)  # missing files: said at once, not after a wait in the queue
         run = worker.start(Job(request.session_hash, preset, settings, input_image))
+        yield {ui.used_plan: None}  # until this run finishes, the System panel keeps what it shows
         try:
             for update in run.updates():
                 if update.progress is not None:
@@ -229,7 +258,7 @@ def wire(ui: TextToImageUI, services: Services, page_load) -> None:
                 yield {ui.progress: progress_html(update, preset.title), ui.current: preview}
             result = run.result()
         except Cancelled as cancelled:
-            yield {ui.progress: message_html(str(cancelled))}
+            yield {ui.progress: message_html(str(cancelled)), ui.used_plan: None}
             return
         finally:
             run.control.cancel()  # no-op once finished; stops the job when the page went away mid-run
@@ -243,14 +272,16 @@ def wire(ui: TextToImageUI, services: Services, page_load) -> None:
         saved = f"{len(paths)} image{'s' if len(paths) > 1 else ''}"
         yield {ui.progress: message_html(f"Done: {saved} saved in {Path(paths[0]).parent}"),
                ui.current: paths[0], ui.gallery: results, ui.results: results, ui.last_seed: result.settings.seed,
-               ui.selected: paths[0], ui.info: describe(paths[0])}
+               ui.selected: paths[0], ui.info: describe(paths[0]), ui.used_plan: plan_used(result.plan, result.notes)}
 
     event = gr.on([ui.generate.click, ui.prompt.submit], generate,
                   [ui.preset, ui.prompt, ui.negative, ui.width, ui.height, ui.steps, ui.cfg, ui.seed, ui.count,
-                   ui.input_image, ui.strength, ui.results],
-                  [ui.progress, ui.current, ui.gallery, ui.results, ui.last_seed, ui.selected, ui.info],
+                   ui.input_image, ui.strength, *ui.loras.fields, ui.results],
+                  [ui.progress, ui.current, ui.gallery, ui.results, ui.last_seed, ui.selected, ui.info, ui.used_plan],
                   api_name="generate", concurrency_id=CONCURRENCY_ID, concurrency_limit=1,
                   show_progress="minimal", show_progress_on=[ui.gallery])
+    if system_plan is not None:
+        wire_plan(ui, services, page_load, event, system_plan)
 
     def cancel(request: gr.Request):
         stopped = worker.cancel(request.session_hash)  # returns once the job has left the device
@@ -289,8 +320,24 @@ def wire(ui: TextToImageUI, services: Services, page_load) -> None:
         strength = s.strength if recipe.input_image else gr.skip()
         return (name or gr.skip(), *restored, s.prompt, s.seed, strength, "Restored from " + Path(path).name)
 
-    ui.restore_png.change(restore, [ui.restore_png, ui.preset],
-                          [ui.preset, *followers, ui.prompt, ui.seed, ui.strength, ui.info], api_name="restore")
+    restored = ui.restore_png.change(restore, [ui.restore_png, ui.preset],
+                                     [ui.preset, *followers, ui.prompt, ui.seed, ui.strength, ui.info],
+                                     api_name="restore")
+
+    @boundary
+    def restore_loras(path: str | None):
+        recipe = read_recipe(Path(path)) if path else None
+        if recipe is None:
+            return (gr.skip(),) * (len(ui.loras.fields) + 1)
+        values, warnings = lora_pickers.restored_values(services.config, recipe.settings.loras)
+        for warning in warnings:
+            gr.Warning(warning + " The other settings were restored.")
+        return gr.Accordion(open=True) if recipe.settings.loras else gr.skip(), *values
+
+    # A step of its own, so the restore endpoint's answer stays as API callers know it.
+    restored.success(restore_loras, ui.restore_png, [ui.loras.accordion, *ui.loras.fields],
+                     api_visibility="private")
+    lora_pickers.wire(ui.loras, services.config, page_load)
 
 
 def describe(path: str) -> str:
@@ -303,4 +350,17 @@ def describe(path: str) -> str:
              size_label(s.width, s.height)]
     if recipe.input_image:
         parts.append(f"from {recipe.input_image} at strength {s.strength:g}")
+    parts += [f"LoRA {Path(lora.path).name.removesuffix(LORA_SUFFIX)} {lora.weight:g}" for lora in s.loras]
     return " · ".join(parts) + f"  \n`{path}`"
+
+
+def wire_plan(ui: TextToImageUI, services: Services, page_load, generated, system_plan: gr.Markdown) -> None:
+    """The System panel's plan: for the form's preset, size, count and CFG as they change (each plan computed
+    once); after a run, the plan the run used."""
+    plans = PlanCache(services.config.models_dir, services.config.device)
+    form = [ui.preset, ui.width, ui.height, ui.count, ui.cfg]
+    gr.on([page_load] + [field.change for field in form],
+          boundary(lambda *values: plan_panel(services, plans, *values)), form, system_plan, api_name="plan",
+          trigger_mode="always_last", show_progress="hidden")
+    generated.then(lambda used: used or gr.skip(), ui.used_plan, system_plan, api_visibility="private",
+                   show_progress="hidden", queue=False)
