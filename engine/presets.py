@@ -95,6 +95,18 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class TrainingDefaults:
+    """Where a LoRA run on this model starts (the Train tab's form). Rank 16 at 1e-4 with batch 1 are the common
+    starting points for large models (REFERENCE.md, Training); a tiny model learns faster with more of each."""
+
+    steps: int = 600
+    rank: int = 16
+    learning_rate: float = 1e-4
+    batch_size: int = 1
+    sample_every: int = 100
+
+
+@dataclass(frozen=True)
 class Preset:
     name: str
     title: str
@@ -107,6 +119,7 @@ class Preset:
     notes: str = ""
     folder: Path | None = None  # files live here (shipped tiny models, or a user's folder), not on a hub
     source: Path | None = None  # the TOML file this came from
+    training: TrainingDefaults = TrainingDefaults()
 
     def component(self, role: Role) -> ComponentSpec:
         for spec in self.components:
@@ -195,6 +208,21 @@ def _read_limits(reader: _Reader) -> Limits:
     return limits
 
 
+def _read_training(reader: _Reader) -> TrainingDefaults:
+    base = TrainingDefaults()
+    reader.check_known({"steps", "rank", "learning_rate", "batch_size", "sample_every"})
+    learning_rate = reader.get("learning_rate", float, base.learning_rate)
+    if not learning_rate > 0:
+        raise reader.fail("learning_rate", f"must be positive, got {learning_rate}")
+    return TrainingDefaults(
+        steps=reader.positive_int("steps", base.steps),
+        rank=reader.positive_int("rank", base.rank),
+        learning_rate=learning_rate,
+        batch_size=reader.positive_int("batch_size", base.batch_size),
+        sample_every=reader.positive_int("sample_every", base.sample_every),
+    )
+
+
 def _read_components(reader: _Reader, family: Family, hub: _Reader) -> tuple[ComponentSpec, ...]:
     hub.check_known({"modelscope", "huggingface"})
     default_repo = hub.get("modelscope", str, "")
@@ -243,7 +271,7 @@ def read_preset(path: Path) -> Preset:
         raise PresetError(f"{path}: not valid TOML ({error}).", "Fix the preset file or remove it.") from None
     reader = _Reader(path, table)
     reader.check_known({"name", "title", "family", "tabs", "notes", "folder", "sizes",
-                        "defaults", "limits", "hub", "components"})
+                        "defaults", "limits", "hub", "components", "training"})
     name = reader.get("name", str)
     if name != path.stem:
         raise reader.fail("name", f"must equal the file name '{path.stem}', got {name!r}")
@@ -277,6 +305,7 @@ def read_preset(path: Path) -> Preset:
         notes=reader.get("notes", str, "").strip(),
         folder=folder,
         source=path,
+        training=_read_training(reader.sub("training")),
     )
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from engine.errors import PresetError
-from engine.presets import PRESETS_DIR, Preset, Tab
+from engine.presets import PRESETS_DIR, Preset, Tab, TrainingDefaults
 from engine.training.data import DatasetError
 from studio.datasets import (
     Dataset,
@@ -40,18 +40,7 @@ MAX_RESOLUTION = 1024  # the default training side for large models: their 1328 
 SAMPLE_NAME = re.compile(r"step-(\d+)-(\d+)\.\w+$")
 
 
-@dataclass(frozen=True)
-class TrainDefaults:
-    """Where the form starts. Rank 16 and 1e-4 are the common LoRA starting points (REFERENCE.md, Training)."""
-
-    steps: int = 600
-    rank: int = 16
-    learning_rate: float = 1e-4
-    sample_every: int = 100
-    run_name: str = "my-lora"
-
-
-DEFAULTS = TrainDefaults()
+DEFAULT_RUN_NAME = "my-lora"
 
 
 @dataclass(frozen=True)
@@ -107,6 +96,7 @@ def resolution_slider(preset: Preset | None) -> dict:
 
 
 def build(choices: Choices) -> TrainUI:
+    opening = choices.preset.training if choices.preset else TrainingDefaults()  # the form follows the preset
     with gr.Row(equal_height=False):
         with gr.Column(scale=2, min_width=360):
             preset = gr.Dropdown(choices.presets, value=choices.preset.name if choices.preset else None,
@@ -127,20 +117,20 @@ def build(choices: Choices) -> TrainUI:
             thumbnails = gr.Gallery(label="Images", columns=8, height=160, allow_preview=True, interactive=False,
                                     object_fit="cover", elem_id="train-thumbnails")
             with gr.Row():
-                run_name = gr.Textbox(DEFAULTS.run_name, label="Run name", elem_id="train-name",
+                run_name = gr.Textbox(DEFAULT_RUN_NAME, label="Run name", elem_id="train-name",
                                       info="Names the run's folder and the LoRA file.")
                 trigger_word = gr.Textbox(label="Trigger word", elem_id="train-trigger",
                                           info="The trainer puts it first in every caption that lacks it.")
             with gr.Row():
-                steps = gr.Number(DEFAULTS.steps, label="Steps", precision=0, minimum=1, elem_id="train-steps")
-                rank = gr.Number(DEFAULTS.rank, label="Rank", precision=0, minimum=1, elem_id="train-rank")
-                learning_rate = gr.Number(DEFAULTS.learning_rate, label="Learning rate", minimum=0,
+                steps = gr.Number(opening.steps, label="Steps", precision=0, minimum=1, elem_id="train-steps")
+                rank = gr.Number(opening.rank, label="Rank", precision=0, minimum=1, elem_id="train-rank")
+                learning_rate = gr.Number(opening.learning_rate, label="Learning rate", minimum=0,
                                           elem_id="train-lr")
             resolution = gr.Slider(label="Resolution", info="Images are scaled to at most this side squared in pixels.",
                                    elem_id="train-resolution", **resolution_slider(choices.preset))
             sample_prompts = gr.Textbox(label="Sample prompts, one per line", lines=2, elem_id="train-prompts",
                                         info="Empty: the first caption, with the trigger word.")
-            sample_every = gr.Number(DEFAULTS.sample_every, label="Sample every (steps; a checkpoint is saved then)",
+            sample_every = gr.Number(opening.sample_every, label="Sample every (steps; a checkpoint is saved then)",
                                      precision=0, minimum=1, elem_id="train-sample-every")
         with gr.Column(scale=3, min_width=400):
             with gr.Row():
@@ -269,8 +259,14 @@ def wire(ui: TrainUI, services: Services, page_load) -> None:
         return picker, *show(runner.view())
 
     gr.on([page_load], boundary(on_load), None, [ui.preset, *run_outputs], api_visibility="private")
-    ui.preset.input(boundary(lambda name: gr.Slider(**resolution_slider(catalog.get(name)))), ui.preset,
-                    ui.resolution, api_visibility="private")
+    def preset_chosen(name: str):
+        preset = catalog.get(name)
+        training = preset.training
+        return (gr.Slider(**resolution_slider(preset)), training.steps, training.rank, training.learning_rate,
+                training.sample_every)
+
+    ui.preset.input(boundary(preset_chosen), ui.preset,
+                    [ui.resolution, ui.steps, ui.rank, ui.learning_rate, ui.sample_every], api_visibility="private")
 
     @boundary
     def upload(path: str | None):
@@ -304,7 +300,8 @@ def wire(ui: TrainUI, services: Services, page_load) -> None:
             first_prompt(rows[0].caption, trigger),)
         spec = RunSpec(name=name, dataset=folder, out_dir=runner.run_dir(name), steps=steps,
                        learning_rate=learning_rate, rank=rank, resolution=resolution, sample_every=sample_every,
-                       sample_prompts=lines, trigger_word=trigger, models_dir=config.models_dir, **base_model(preset))
+                       sample_prompts=lines, trigger_word=trigger, models_dir=config.models_dir,
+                       batch_size=preset.training.batch_size, **base_model(preset))
         runner.ensure_idle()  # before the captions are written: a running trainer may be reading them
         save_captions(folder, rows)
         return (*show(runner.start(spec)), [[row.image, row.caption] for row in rows])

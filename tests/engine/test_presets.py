@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from engine.errors import PresetError
-from engine.presets import (PRESETS_DIR, Family, Role, Tab, load_preset, preset_for_folder, preset_names,
-                            read_preset)
+from engine.presets import (PRESETS_DIR, Family, Role, Tab, TrainingDefaults, load_preset, preset_for_folder,
+                            preset_names, read_preset)
 
 GOOD = """
 name = "mine"
@@ -54,6 +54,13 @@ def test_minimal_preset_gets_family_defaults(tmp_path):
     assert preset.component(Role.TOKENIZER).subfolder == "tokenizer"
 
 
+def test_training_defaults_come_from_the_preset_or_the_common_starting_points(tmp_path):
+    assert read_preset(write(tmp_path, GOOD)).training == TrainingDefaults(steps=600, rank=16, learning_rate=1e-4,
+                                                                            batch_size=1, sample_every=100)
+    tiny = load_preset("tiny-shapes").training  # the star LoRA recipe (engine/toyworld/star_lora.py)
+    assert (tiny.steps, tiny.rank, tiny.learning_rate, tiny.batch_size) == (1500, 16, 1e-3, 8)
+
+
 @pytest.mark.parametrize(("change", "message"), [
     (lambda t: t.replace('name = "mine"', 'name = "other"'),
      "field 'name' must equal the file name 'mine', got 'other'."),
@@ -70,6 +77,9 @@ def test_minimal_preset_gets_family_defaults(tmp_path):
                                    "negative_prompt, steps, width)."),
     (lambda t: t.replace('modelscope = "Someone/Model"', ""),
      "field 'hub.modelscope' is missing (a preset needs a hub repo or a shipped folder)."),
+    (lambda t: t + "[training]\nlearning_rate = 0\n", "field 'training.learning_rate' must be positive, got 0.0."),
+    (lambda t: t + "[training]\nepochs = 3\n", "field 'training.epochs' is not a known field (known: batch_size, "
+                                              "learning_rate, rank, sample_every, steps)."),
     (lambda t: t + "[components.unet]\nsubfolder = 'unet'\n",
      "field 'components.unet' is not a component of the qwen_image family."),
 ])

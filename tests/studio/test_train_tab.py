@@ -384,6 +384,18 @@ def test_the_resolution_follows_the_preset_and_stays_a_multiple_of_16(studio_pre
     assert large["value"] == 1024 and large["value"] % 16 == 0
 
 
+def test_the_form_opens_on_the_presets_training_defaults(tmp_path):
+    import gradio as gr
+
+    from engine.presets import load_preset
+    from studio.tabs.train import Choices, build
+
+    tiny = load_preset("tiny-shapes")
+    with gr.Blocks():
+        ui = build(Choices([(tiny.title, tiny.name)], tiny, tmp_path))
+    assert (ui.steps.value, ui.rank.value, ui.learning_rate.value, ui.sample_every.value) == (1500, 16, 1e-3, 250)
+
+
 def test_a_long_loss_log_is_thinned_for_the_plot_but_keeps_the_latest_point():
     from studio.training_runs import LossPoint
 
