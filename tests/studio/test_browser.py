@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 import time
@@ -28,7 +29,10 @@ TIMEOUT_MS = 60_000
 @pytest.fixture(scope="module")
 def browser():
     if not CHROMIUM.exists():
-        pytest.skip("Debian's chromium is not at /usr/bin/chromium (apt-get install chromium; .ci/run installs it)")
+        missing = "Debian's chromium is not at /usr/bin/chromium (apt-get install chromium; .ci/run installs it)"
+        if os.environ.get("STUDIO_REQUIRE_BROWSER") == "1":  # CI: a browser test that cannot run is a failure
+            pytest.fail(missing)
+        pytest.skip(missing)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
