@@ -46,12 +46,19 @@ class TrainingCache:
     lengths: torch.Tensor  # (N,) real tokens of each prompt
     empty_embeds: torch.Tensor  # (1, L0, D) the empty prompt's embeddings (caption dropout)
     key: str = ""
+    # (N, H/8, W/8) weights of each latent position in the loss, or None for plain MSE (see
+    # objective.flow_matching_loss); the shapes world uses them to stop the background outvoting the shapes.
+    loss_weights: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         count = self.latents.shape[0]
         if self.embeds.shape[0] != count or self.lengths.shape[0] != count:
             raise ValueError(f"cache: {count} latents but {self.embeds.shape[0]} embeddings and "
                              f"{self.lengths.shape[0]} lengths")
+        if self.loss_weights is not None and \
+                tuple(self.loss_weights.shape) != (count, *self.latents.shape[-2:]):
+            raise ValueError(f"cache: loss weights of shape {tuple(self.loss_weights.shape)} for latents of shape "
+                             f"{tuple(self.latents.shape)}; expected {(count, *self.latents.shape[-2:])}")
 
     def __len__(self) -> int:
         return self.latents.shape[0]
@@ -79,9 +86,12 @@ class TrainingCache:
     def save(self, path: Path) -> None:
         path = Path(path)
         temporary = path.with_name(path.name + ".tmp")
-        save_file({"latents": self.latents.contiguous(), "embeds": self.embeds.contiguous(),
-                   "lengths": self.lengths.contiguous(), "empty_embeds": self.empty_embeds.contiguous()},
-                  str(temporary), metadata={"key": self.key})
+        tensors = {"latents": self.latents, "embeds": self.embeds, "lengths": self.lengths,
+                   "empty_embeds": self.empty_embeds}
+        if self.loss_weights is not None:
+            tensors["loss_weights"] = self.loss_weights
+        save_file({name: tensor.contiguous() for name, tensor in tensors.items()}, str(temporary),
+                  metadata={"key": self.key})
         temporary.replace(path)
 
     @classmethod
@@ -97,7 +107,8 @@ class TrainingCache:
                 logger.info("Ignoring %s: it was made from other data or encoders", path)
                 return None
         tensors = load_file(str(path))
-        return cls(tensors["latents"], tensors["embeds"], tensors["lengths"], tensors["empty_embeds"], key)
+        return cls(tensors["latents"], tensors["embeds"], tensors["lengths"], tensors["empty_embeds"], key,
+                   tensors.get("loss_weights"))
 
 
 def _pad_to(embeds: torch.Tensor, length: int) -> torch.Tensor:

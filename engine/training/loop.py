@@ -229,11 +229,12 @@ def train(transformer: torch.nn.Module, cache: TrainingCache | BatchSource, conf
         dropped = torch.rand(count, generator=generator) < config.caption_dropout
         mine = slice(process * len(indices), (process + 1) * len(indices))
         embeds, mask = part.text_batch(indices, dropped[mine])
+        position_weights = part.loss_weights[indices] if part.loss_weights is not None else None
         device = accelerator.device
         with accelerator.autocast():
             return flow_matching_loss(model, latents.to(device), noise[mine].to(device), sigmas[mine].to(device),
                                       embeds.to(device), mask.to(device) if mask is not None else None,
-                                      weights[mine] if weights is not None else None)
+                                      weights[mine] if weights is not None else None, position_weights)
 
     began = time.monotonic()
     last_loss = math.nan

@@ -77,10 +77,13 @@ def image_seq_len(latents: torch.Tensor) -> int:
 
 def flow_matching_loss(transformer: torch.nn.Module, latents: torch.Tensor, noise: torch.Tensor,
                        sigmas: torch.Tensor, embeds: torch.Tensor, mask: torch.Tensor | None,
-                       weights: torch.Tensor | None = None) -> torch.Tensor:
+                       weights: torch.Tensor | None = None, position_weights: torch.Tensor | None = None
+                       ) -> torch.Tensor:
     """Mean squared error of the predicted velocity against noise - x0 for latents (B, C, H, W).
 
     With `weights` (one per example) each example's mean squared error is scaled before the batch mean.
+    With `position_weights` (B, H, W) each latent position's squared error is scaled, in every channel, before
+    the mean; weights averaging 1 over an image keep the loss's scale.
     """
     noisy = add_noise(latents, noise, sigmas.to(latents.dtype))
     target = pack_latents(training_target(latents, noise))
@@ -88,7 +91,12 @@ def flow_matching_loss(transformer: torch.nn.Module, latents: torch.Tensor, nois
     prediction = transformer(hidden_states=pack_latents(noisy), timestep=sigmas.to(latents.dtype),
                              encoder_hidden_states=embeds, encoder_hidden_states_mask=mask,
                              img_shapes=[[(1, height, width)]] * latents.shape[0], return_dict=False)[0]
-    if weights is None:
+    if weights is None and position_weights is None:
         return torch.nn.functional.mse_loss(prediction.float(), target.float())
-    per_example = (prediction.float() - target.float()).pow(2).mean(dim=(1, 2))
+    squared = (prediction.float() - target.float()).pow(2)
+    if position_weights is not None:
+        squared = squared * pack_latents(position_weights[:, None].expand_as(latents).float()).to(squared.device)
+    per_example = squared.mean(dim=(1, 2))
+    if weights is None:
+        return per_example.mean()
     return (per_example * weights.to(per_example.device)).mean()

@@ -60,3 +60,24 @@ def test_cache_reads_back_only_with_the_same_key(shapes_cache, tmp_path):
 def test_error_raised_if_latents_and_captions_differ_in_count(shapes_cache):
     with pytest.raises(ValueError, match="32 latents"):
         TrainingCache(shapes_cache.latents, shapes_cache.embeds[:3], shapes_cache.lengths[:3], shapes_cache.empty_embeds)
+
+
+def test_loss_weights_travel_with_the_cache(shapes_cache, tmp_path):
+    from dataclasses import replace
+
+    weights = torch.rand(32, 8, 8, generator=torch.Generator().manual_seed(2))
+    weighted = replace(shapes_cache, loss_weights=weights)
+    path = tmp_path / "weighted.safetensors"
+    weighted.save(path)
+    assert torch.equal(TrainingCache.load(path, shapes_cache.key).loss_weights, weights)
+    shapes_cache.save(tmp_path / "plain.safetensors")
+    assert TrainingCache.load(tmp_path / "plain.safetensors", shapes_cache.key).loss_weights is None
+
+
+def test_error_raised_if_loss_weights_do_not_fit_the_latents(shapes_cache):
+    from dataclasses import replace
+
+    with pytest.raises(ValueError) as caught:
+        replace(shapes_cache, loss_weights=torch.ones(32, 16, 16))
+    assert str(caught.value) == ("cache: loss weights of shape (32, 16, 16) for latents of shape (32, 16, 8, 8); "
+                                 "expected (32, 8, 8)")

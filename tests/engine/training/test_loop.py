@@ -94,3 +94,13 @@ def test_sampled_sigmas_lie_in_the_unit_interval(sampling):
     sigmas = sample_sigmas(config, QWEN_IMAGE, 64, 4096, torch.Generator().manual_seed(0))
     assert sigmas.dtype == torch.float32 and 0 < sigmas.min() and sigmas.max() <= 1
     assert 0.3 < float(sigmas.mean()) < 0.7
+
+
+def test_the_caches_loss_weights_reach_the_loss(transformer, shapes_cache, tmp_path):
+    from dataclasses import replace
+
+    config = TrainConfig(steps=2, batch_size=8, learning_rate=1e-3, checkpoint_every=2, log_every=1)
+    unweighted = train(copy.deepcopy(transformer), shapes_cache, config, QWEN_IMAGE, tmp_path / "plain")
+    silenced = replace(shapes_cache, loss_weights=torch.zeros(32, 8, 8))  # every position weighs nothing
+    weighted = train(transformer, silenced, config, QWEN_IMAGE, tmp_path / "silenced")
+    assert unweighted.last_loss > 0.1 and weighted.last_loss == 0.0

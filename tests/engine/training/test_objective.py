@@ -93,3 +93,29 @@ def test_weighted_loss_is_the_weighted_mean_of_each_examples_error(tiny_model):
         plain = flow_matching_loss(transformer, latents, noise, sigmas, embeds, None)
     torch.testing.assert_close(weighted, (each[1] + 2 * each[2]) / 3, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(plain, sum(each) / 3, rtol=1e-5, atol=1e-6)
+
+
+class _ZeroVelocity(torch.nn.Module):
+    """A stand-in transformer that predicts zero velocity, so the loss is the weighted square of the target."""
+
+    def forward(self, hidden_states, **_):
+        return (torch.zeros_like(hidden_states),)
+
+
+def test_position_weights_scale_each_latent_positions_error_in_every_channel():
+    from engine.training.objective import flow_matching_loss
+
+    generator = torch.Generator().manual_seed(4)
+    latents, noise = torch.randn(2, 16, 8, 8, generator=generator), torch.randn(2, 16, 8, 8, generator=generator)
+    sigmas, embeds = torch.tensor([0.3, 0.7]), torch.randn(2, 5, 32, generator=generator)
+    positions = torch.rand(2, 8, 8, generator=generator) * 3  # uneven, so a patch packed out of place would show
+    target = noise - latents  # the velocity the model should predict
+    expected = (positions[:, None] * target.pow(2)).mean()
+    got = flow_matching_loss(_ZeroVelocity(), latents, noise, sigmas, embeds, None, position_weights=positions)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    ones = flow_matching_loss(_ZeroVelocity(), latents, noise, sigmas, embeds, None,
+                              position_weights=torch.ones(2, 8, 8))
+    torch.testing.assert_close(ones, target.pow(2).mean(), rtol=1e-5, atol=1e-6)
+    both = flow_matching_loss(_ZeroVelocity(), latents, noise, sigmas, embeds, None, torch.tensor([2.0, 0.0]),
+                              positions)
+    torch.testing.assert_close(both, (positions[0] * target[0].pow(2)).mean(), rtol=1e-5, atol=1e-6)
