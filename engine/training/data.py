@@ -2,14 +2,15 @@
 
 Three sources: shapes-world samples made on the fly from a range of seeds, a folder with a metadata.csv
 (columns image,prompt plus any others: DiffSynth-Studio's layout, which `python -m engine.toyworld sample`
-writes too), and a kohya-style folder of images each beside a same-named .txt caption. All are plain
-sequences that also tell each image's size without decoding it (for bucketing), so the caching step reads
-any of them the same way.
+writes too), and a kohya-style folder of images each beside a same-named .txt caption (flat, or in kohya's
+<repeats>_<name> subfolders). All are plain sequences that also tell each image's size without decoding it
+(for bucketing), so the caching step reads any of them the same way.
 """
 
 from __future__ import annotations
 
 import csv
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ class DatasetError(EngineError):
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CAPTION_SUFFIX = ".txt"
+REPEAT_FOLDER = re.compile(r"(\d+)_(.+)")  # kohya's <repeats>_<name> training folders
 _LISTED = 3  # file names quoted in an error before "and N more"
 
 
@@ -61,7 +63,26 @@ class ShapesSamples(Sequence[Example]):
         return Example(sample.image, sample.caption)
 
 
-class MetadataFolder(Sequence[Example]):
+class _ListedImages(Sequence[Example]):
+    """Images in a folder listed as rows of (path relative to the folder, caption), read when indexed."""
+
+    folder: Path
+    rows: list[tuple[str, str]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def image_size(self, index: int) -> tuple[int, int]:
+        return image_size(self.folder / self.rows[index][0])
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        name, caption = self.rows[index]
+        return Example(read_image(self.folder / name), caption)
+
+
+class MetadataFolder(_ListedImages):
     """A folder of images with a metadata.csv naming each image (relative path) and its prompt."""
 
     def __init__(self, folder: Path):
@@ -83,28 +104,28 @@ class MetadataFolder(Sequence[Example]):
         if absent:
             raise DatasetError(f"{path} names {len(absent)} image(s) that do not exist, e.g. {absent[0]}.")
 
-    def __len__(self) -> int:
-        return len(self.rows)
 
-    def image_size(self, index: int) -> tuple[int, int]:
-        return image_size(self.folder / self.rows[index][0])
+class CaptionedFolder(_ListedImages):
+    """A kohya-style folder: images (png, jpg, webp, bmp) each with a same-named .txt caption beside it.
 
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        name, prompt = self.rows[index]
-        return Example(read_image(self.folder / name), prompt)
-
-
-class CaptionedFolder(Sequence[Example]):
-    """A kohya-style folder: images (png, jpg, webp, bmp) each with a same-named .txt caption beside it."""
+    Or kohya's training-folder layout: no images at the top, but subfolders named <repeats>_<name> (e.g.
+    "10_zxq star"), whose images are each listed <repeats> times, so a small set can weigh as much as a large
+    one in the same run. There, as in kohya's sd-scripts, an image without a .txt is captioned <name>.
+    """
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         if not self.folder.is_dir():
             raise DatasetError(f"The dataset folder {self.folder} does not exist.")
-        images = sorted(path for path in self.folder.iterdir()
-                        if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
+        repeat_folders = sorted(path for path in self.folder.iterdir()
+                                if path.is_dir() and REPEAT_FOLDER.fullmatch(path.name))
+        if not _images_in(self.folder) and repeat_folders:
+            self.rows = [row for sub in repeat_folders for row in _repeated_rows(sub)]
+            if not self.rows:
+                raise DatasetError(f"The repeat folders of {self.folder} ({_some([p.name for p in repeat_folders])}) "
+                                   "hold no images.")
+            return
+        images = _images_in(self.folder)
         if not images:
             raise DatasetError(f"{self.folder} holds no images and no {METADATA_FILE}.",
                                f"Put images ({', '.join(IMAGE_SUFFIXES)}) with same-named {CAPTION_SUFFIX} captions "
@@ -115,24 +136,33 @@ class CaptionedFolder(Sequence[Example]):
                                f"{_some(uncaptioned)}.",
                                f"Write each caption into a {CAPTION_SUFFIX} file with the image's name "
                                f"(e.g. {Path(uncaptioned[0]).stem}{CAPTION_SUFFIX}).")
-        self.rows = [(path.name, path.with_suffix(CAPTION_SUFFIX).read_text(encoding="utf-8").strip())
-                     for path in images]
+        self.rows = [(path.name, _caption_of(path)) for path in images]
         empty = [name for name, caption in self.rows if not caption]
         if empty:
             raise DatasetError(f"{len(empty)} caption file(s) in {self.folder} are empty: {_some(empty)}.",
                                "Describe each image in its caption file.")
 
-    def __len__(self) -> int:
-        return len(self.rows)
 
-    def image_size(self, index: int) -> tuple[int, int]:
-        return image_size(self.folder / self.rows[index][0])
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(path for path in folder.iterdir() if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES)
 
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        name, caption = self.rows[index]
-        return Example(read_image(self.folder / name), caption)
+
+def _caption_of(image: Path) -> str:
+    return image.with_suffix(CAPTION_SUFFIX).read_text(encoding="utf-8").strip()
+
+
+def _repeated_rows(folder: Path) -> list[tuple[str, str]]:
+    """Rows of one <repeats>_<name> folder: each image <repeats> times, captioned by its .txt or else <name>."""
+    repeats_text, name = REPEAT_FOLDER.fullmatch(folder.name).groups()
+    repeats = int(repeats_text)
+    if repeats < 1:
+        raise DatasetError(f"The folder {folder.name} asks for {repeats} repeats.",
+                           "Name it with 1 or more repeats, e.g. 1_" + name + ".")
+    rows = []
+    for image in _images_in(folder):
+        caption = _caption_of(image) if image.with_suffix(CAPTION_SUFFIX).is_file() else name.strip()
+        rows += [(f"{folder.name}/{image.name}", caption)] * repeats
+    return rows
 
 
 def open_dataset(folder: Path) -> MetadataFolder | CaptionedFolder:

@@ -70,3 +70,35 @@ def test_fitting_scales_to_cover_and_crops_the_centre():
     assert fitted.getpixel((0, 32)) == (0, 0, 255) and fitted.getpixel((63, 32)) == (0, 0, 255)
     same = Image.new("RGB", (64, 48))
     assert fit_to_size(same, 64, 48) is same  # no resampling when the size is already right
+
+
+def test_kohya_repeat_folders_list_each_image_repeats_times_captioned_by_txt_or_folder_name(tmp_path):
+    (tmp_path / "3_zxq star").mkdir()
+    write_image(tmp_path / "3_zxq star" / "a.png")
+    write_image(tmp_path / "3_zxq star" / "b.png")
+    (tmp_path / "3_zxq star" / "b.txt").write_text("zxq star, yellow\n")
+    (tmp_path / "1_circle").mkdir()
+    write_image(tmp_path / "1_circle" / "c.png", (30, 40))
+    (tmp_path / "notes").mkdir()  # not <repeats>_<name>: not part of the dataset
+    write_image(tmp_path / "notes" / "d.png")
+    dataset = open_dataset(tmp_path)
+    assert isinstance(dataset, CaptionedFolder)
+    assert dataset.rows == [("1_circle/c.png", "circle")] + [("3_zxq star/a.png", "zxq star")] * 3 + \
+        [("3_zxq star/b.png", "zxq star, yellow")] * 3
+    assert dataset.image_size(0) == (30, 40) and dataset[6].caption == "zxq star, yellow"
+
+
+def test_error_raised_for_a_repeat_folder_of_zero_repeats(tmp_path):
+    (tmp_path / "0_star").mkdir()
+    write_image(tmp_path / "0_star" / "a.png")
+    with pytest.raises(DatasetError) as caught:
+        open_dataset(tmp_path)
+    assert str(caught.value) == "The folder 0_star asks for 0 repeats. Name it with 1 or more repeats, e.g. 1_star."
+
+
+def test_error_raised_when_the_repeat_folders_hold_no_images(tmp_path):
+    (tmp_path / "5_star").mkdir()
+    (tmp_path / "5_star" / "readme.txt").write_text("nothing here")
+    with pytest.raises(DatasetError) as caught:
+        open_dataset(tmp_path)
+    assert str(caught.value) == f"The repeat folders of {tmp_path} (5_star) hold no images."
