@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import PresetError
+from engine.toml_values import as_kind
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 DEFAULT_PRESET = "tiny-shapes"
@@ -147,11 +148,8 @@ class _Reader:
             if default is ...:
                 raise self.fail(key, "is missing")
             return default
-        value = self.table[key]
-        # TOML integers are acceptable where a float is expected, booleans never are.
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        fits, value = as_kind(self.table[key], kind)
+        if not fits:
             expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise self.fail(key, f"must be {expected}, got {value!r}")
         return value

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError, SettingsError
+from engine.training.status import STATUS_FILE, RunStatus, read_status
 from studio.config import StudioConfig
 from studio.loras import LORA_SUFFIX, install_lora
 
@@ -39,7 +40,6 @@ logger = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
 ENGINE_TRAIN = (sys.executable, "-m", "engine", "train")
 RUN_CONFIG = "run.toml"
-STATUS_FILE = "status.json"
 LOSS_FILE = "loss.jsonl"
 STOP_FILE = "STOP"
 STDOUT_LOG = "trainer.out.log"
@@ -184,40 +184,6 @@ class LossPoint:
     loss: float
     lr: float
     elapsed_s: float
-
-
-@dataclass(frozen=True)
-class Status:
-    """status.json as the trainer wrote it."""
-
-    state: str
-    step: int = 0
-    total: int = 0
-    loss: float | None = None
-    eta_s: float | None = None
-    message: str = ""
-    lora: str | None = None
-    samples: tuple[str, ...] = ()
-
-
-def read_status(out_dir: Path) -> Status | None:
-    """The run's status.json; None while there is none (the trainer writes it atomically, so never half)."""
-    path = Path(out_dir) / STATUS_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        logger.warning("Cannot read %s: %s", path, error)
-        return None
-    return Status(state=str(data.get("state", "")), step=int(data.get("step") or 0), total=int(data.get("total") or 0),
-                  loss=_number(data.get("loss")), eta_s=_number(data.get("eta_s")),
-                  message=str(data.get("message") or ""), lora=data.get("lora") or None,
-                  samples=tuple(str(item) for item in data.get("samples") or ()))
-
-
-def _number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 class LossReader:
@@ -458,9 +424,9 @@ class TrainingRunner:
             pass
 
 
-def _state(status: Status | None, code: int | None, ended: bool, stop_requested: bool) -> tuple[RunState, str]:
+def _state(status: RunStatus | None, code: int | None, ended: bool, stop_requested: bool) -> tuple[RunState, str]:
     """The run's state and message, from its status file and its process's exit code."""
-    reported = status.state if status else ""
+    reported = status.state.value if status else ""
     message = status.message if status else ""
     if not ended:  # running, or saying it is done while it exits and its LoRA is copied: running until then
         if stop_requested:

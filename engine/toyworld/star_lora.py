@@ -9,14 +9,13 @@ the detector finds a star with the LoRA at weight 1 and at weight 0 (the base mo
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from engine.toyworld.captions import canonical_caption
-from engine.toyworld.dataset import METADATA_FILE
+from engine.toyworld.dataset import write_images_with_metadata
 from engine.toyworld.detector import detect
 from engine.toyworld.vocabulary import Shape, Size
 from engine.toyworld.world import make_sample
@@ -66,18 +65,10 @@ def star_caption(caption: str, trigger: str = TRIGGER) -> str:
 
 def write_star_dataset(folder: Path, count: int = IMAGES) -> Path:
     """PNGs and a metadata.csv (image,prompt); returns the metadata file."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    metadata = folder / METADATA_FILE
-    with metadata.open("w", newline="", encoding="utf-8") as file:
-        writer = csv.writer(file)
-        writer.writerow(["image", "prompt"])
-        for index, seed in enumerate(star_seeds(count)):
-            sample = make_sample(seed, size=IMAGE_SIZE, shapes=(Shape.STAR,))
-            name = f"star-{index:02d}.png"
-            sample.image.save(folder / name)
-            writer.writerow([name, star_caption(canonical_caption(sample.scene))])
-    return metadata
+    samples = (make_sample(seed, size=IMAGE_SIZE, shapes=(Shape.STAR,)) for seed in star_seeds(count))
+    return write_images_with_metadata(
+        folder, ((f"star-{index:02d}.png", sample.image, star_caption(canonical_caption(sample.scene)))
+                 for index, sample in enumerate(samples)))
 
 
 def run_toml(dataset: Path, output: Path, recipe: StarRecipe = StarRecipe(), preset: str = "tiny-shapes") -> str:

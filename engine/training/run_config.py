@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError, SettingsError
+from engine.toml_values import as_kind
 from engine.training.config import (QWEN_IMAGE_LORA_TARGETS, LrSchedule, TimestepSampling, TimestepWeighting,
                                     TrainConfig, TrainMode)
 
@@ -115,10 +116,8 @@ class _Section:
             if default is ...:
                 raise self.fail(key, "is missing")
             return default
-        value = self.table[key]
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        fits, value = as_kind(self.table[key], kind)
+        if not fits:
             raise self.fail(key, f"must be {_KIND_WORDS.get(kind, kind.__name__)}, got {value!r}")
         return value
 

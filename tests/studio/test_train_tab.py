@@ -19,14 +19,7 @@ from PIL import Image
 
 from engine.training.data import DatasetError, open_dataset
 from studio.config import StudioConfig
-from studio.datasets import (
-    caption_rows,
-    dataset_folder,
-    datasets_root,
-    import_zip,
-    read_dataset,
-    save_captions,
-)
+from studio.datasets import caption_rows, dataset_folder, datasets_root, import_zip, read_dataset, save_captions
 from studio.loras import list_loras
 from studio.tabs.train import base_model, describe, first_prompt, loss_frame, resolution_slider, sample_items
 from studio.training_runs import (

@@ -94,3 +94,21 @@ def transformer_inputs(transformer: torch.nn.Module, seed: int = 0) -> dict:
                 encoder_hidden_states=torch.randn(1, 5, config.joint_attention_dim, generator=generator),
                 encoder_hidden_states_mask=None, timestep=torch.tensor([0.6]), img_shapes=[[(1, 4, 4)]],
                 return_dict=False)
+
+
+def with_peft_lora(transformer: torch.nn.Module, *, rank: int, alpha: float, targets: list[str], seed: int,
+                   scale: float) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """A copy of `transformer` with a PEFT LoRA injected as our trainer does (diffusers' add_adapter), its
+    matrices random (normal * scale) as after training, and the state peft hands to save_lora."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    network = copy.deepcopy(transformer)
+    network.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in network.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * scale)
+    return network, get_peft_model_state_dict(network)

@@ -3,7 +3,6 @@ summaries of any LoRA; clear refusals of missing, damaged and pickle files."""
 
 from __future__ import annotations
 
-import copy
 import json
 import struct
 
@@ -16,25 +15,15 @@ from engine.lora.files import LoraInfo, read_lora_info, read_lora_tensors, save_
 from engine.lora.keys import LoraFormat
 from engine.lora.normalize import linear_layers, normalize
 from engine.lora.stack import LoraStack
-from tests.engine.lora.conftest import known_lora, transformer_inputs, write_format
+from tests.engine.lora.conftest import known_lora, transformer_inputs, with_peft_lora, write_format
 
 PEFT_TARGETS = ["to_q", "to_k", "to_v", "add_q_proj", "to_out.0", "to_add_out", "img_mlp.net.2", "txt_mod.1"]
 
 
 @pytest.fixture(scope="module")
 def trained(transformer):
-    """A transformer with a PEFT LoRA injected as our trainer does (diffusers' add_adapter), its matrices random
-    as after training, and the state peft hands to save_lora."""
-    from peft import LoraConfig, get_peft_model_state_dict
-
-    network = copy.deepcopy(transformer)
-    network.add_adapter(LoraConfig(r=4, lora_alpha=8, target_modules=PEFT_TARGETS))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in network.named_parameters():
-            if "lora_" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.2)
-    return network, get_peft_model_state_dict(network)
+    """The transformer with a random PEFT LoRA, and the state peft hands to save_lora."""
+    return with_peft_lora(transformer, rank=4, alpha=8, targets=PEFT_TARGETS, seed=0, scale=0.2)
 
 
 def test_saved_lora_acts_as_the_peft_model_did_when_loaded_back(trained, transformer, tmp_path):

@@ -15,7 +15,7 @@ from engine.lora import active
 from engine.lora.files import save_lora
 from engine.metadata import read_parameters
 from engine.settings import LoraChoice
-from tests.engine.lora.conftest import known_lora, write_format
+from tests.engine.lora.conftest import known_lora, with_peft_lora, write_format
 from tests.engine.test_qwen_image_parity import assert_close, generators
 
 PROMPT = "a red circle in the top left on a blue background"
@@ -27,18 +27,8 @@ TARGETS = ["to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj", "to
 @pytest.fixture(scope="module")
 def lora_file(tiny_model, tmp_path_factory):
     """A LoRA as our trainer saves it: peft's state of an adapter on the transformer, through save_lora."""
-    import copy
-
-    from peft import LoraConfig, get_peft_model_state_dict
-
-    network = copy.deepcopy(tiny_model.modules.transformer)
-    network.add_adapter(LoraConfig(r=4, lora_alpha=2, target_modules=TARGETS))
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, parameter in network.named_parameters():
-            if "lora_" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
-    return save_lora(tmp_path_factory.mktemp("loras") / "star.safetensors", get_peft_model_state_dict(network),
+    _, state = with_peft_lora(tiny_model.modules.transformer, rank=4, alpha=2, targets=TARGETS, seed=1, scale=0.3)
+    return save_lora(tmp_path_factory.mktemp("loras") / "star.safetensors", state,
                      rank=4, alpha=2, base_model="tiny", trigger_words=["star"], steps=10)
 
 
