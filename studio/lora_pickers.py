@@ -142,12 +142,18 @@ def _find(path: Path, listed: Sequence[str], folder: Path) -> str | None:
 
 def wire(pickers: LoraPickers, config: StudioConfig, page_load) -> None:
     """Refresh (the button, and each page load) lists the folder again; a picked file shows its trigger words."""
+    refresh_on(pickers, config, [pickers.refresh.click, page_load])
+    for picker, trigger in zip(pickers.files, pickers.triggers):
+        picker.change(lambda name: trigger_text(config, name), picker, trigger, api_visibility="private",
+                      queue=False)
+
+
+def refresh_on(pickers: LoraPickers, config: StudioConfig, triggers: list) -> None:
+    """List the LoRA folder again in every picker when any of `triggers` fires (e.g. a training run's LoRA
+    landing there); a picked file stays picked."""
 
     def refresh():
         choices = lora_choices(lora_names(config))
         return [gr.Dropdown(choices=choices) for _ in pickers.files]
 
-    gr.on([pickers.refresh.click, page_load], refresh, None, pickers.files, api_visibility="private", queue=False)
-    for picker, trigger in zip(pickers.files, pickers.triggers):
-        picker.change(lambda name: trigger_text(config, name), picker, trigger, api_visibility="private",
-                      queue=False)
+    gr.on(triggers, refresh, None, pickers.files, api_visibility="private", queue=False)

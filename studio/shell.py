@@ -12,6 +12,7 @@ import gradio as gr
 
 from engine.presets import Preset, Tab
 from engine.sources import download_command
+from studio import lora_pickers
 from studio.auth import Access
 from studio.errors import boundary
 from studio.services import Services
@@ -109,6 +110,7 @@ def build(services: Services) -> gr.Blocks:
         text_to_image.wire(t2i, services, app.load, system_plan)
         history.wire(past, services, t2i, tabs, T2I_TAB, history_tab)
         train.wire(trainer, services, app.load)
+        lora_pickers.refresh_on(t2i.loras, services.config, [trainer.finished_lora.change])
         models.wire(catalog_ui, services, [(Tab.TEXT_TO_IMAGE, t2i.preset)])
 
         read_system = boundary(lambda: describe_system(system_facts(services.config.device)))

@@ -83,6 +83,7 @@ class TrainUI:
     timer: gr.Timer
     dataset: gr.State  # the loaded dataset's folder, as a string
     shown_samples: gr.State  # the sample paths the gallery holds
+    finished_lora: gr.State  # the LoRA file the last run put in the pickers' folder; its change refreshes them
 
 
 def resolution_slider(preset: Preset | None) -> dict:
@@ -146,7 +147,8 @@ def build(choices: Choices) -> TrainUI:
                                  object_fit="contain", elem_id="train-samples")
     return TrainUI(preset, zip_file, folder, load, dataset_info, captions, thumbnails, run_name, trigger_word, steps,
                    rank, learning_rate, resolution, sample_prompts, sample_every, start, stop, resume, status,
-                   failure, loss_plot, samples, gr.Timer(POLL_S, active=False), gr.State(None), gr.State([]))
+                   failure, loss_plot, samples, gr.Timer(POLL_S, active=False), gr.State(None), gr.State([]),
+                   gr.State(None))
 
 
 def describe(view: RunView | None) -> str:
@@ -208,7 +210,7 @@ def sample_items(view: RunView | None) -> list[tuple[str, str]]:
 
 
 def show(view: RunView | None, shown: list[str] | None = None) -> tuple:
-    """Values for the run's outputs: status, failure, loss plot, samples, the samples shown, timer.
+    """Values for the run's outputs: status, failure, loss plot, samples, the samples shown, timer, finished LoRA.
 
     The gallery is only sent when new samples arrived, so a sample the user opened stays open between polls.
     """
@@ -217,7 +219,8 @@ def show(view: RunView | None, shown: list[str] | None = None) -> tuple:
     paths = [path for path, _ in items]
     return (describe(view), gr.Code(view.stderr_tail if failed else "", visible=failed),
             loss_frame(view.losses if view else ()), gr.skip() if paths == shown else items, paths,
-            gr.Timer(active=view is not None and view.active))
+            gr.Timer(active=view is not None and view.active),
+            str(view.lora) if view is not None and view.lora is not None else None)
 
 
 def dataset_outputs(dataset: Dataset) -> tuple:
@@ -250,7 +253,7 @@ def base_model(preset: Preset) -> dict:
 def wire(ui: TrainUI, services: Services, page_load) -> None:
     config, runner, catalog = services.config, services.training, services.catalog
     training_dir = Path(config.training_dir)
-    run_outputs = [ui.status, ui.failure, ui.loss_plot, ui.samples, ui.shown_samples, ui.timer]
+    run_outputs = [ui.status, ui.failure, ui.loss_plot, ui.samples, ui.shown_samples, ui.timer, ui.finished_lora]
     dataset_fields = [ui.folder, ui.dataset, ui.dataset_info, ui.captions, ui.thumbnails]
 
     def on_load():

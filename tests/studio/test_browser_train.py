@@ -78,6 +78,13 @@ def test_upload_start_watch_the_loss_and_samples_then_stop(page, studio, fake_tr
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "train.png"), full_page=True)
 
+    # The LoRA is offered in Text to Image at once: no reload, no Refresh.
+    page.get_by_role("tab", name="Text to Image").click()
+    page.click("#t2i-lora button, #t2i-lora .label-wrap")  # open the accordion
+    page.click("#t2i-lora-1 input")
+    page.get_by_role("option", name="browser-train-star").click()
+    page.wait_for_function("document.querySelector('#t2i-lora-1 input').value === 'browser-train-star'")
+
 
 def test_a_crashed_run_shows_its_stderr_and_the_page_keeps_working(page, studio, fake_trainer, monkeypatch):
     monkeypatch.setattr(fake_trainer, "command", (*fake_trainer.command, "--crash-at", "4"))
