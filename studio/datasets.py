@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image, UnidentifiedImageError
 
 from engine.toyworld.dataset import METADATA_FILE
-from engine.training.data import CAPTION_SUFFIX, IMAGE_SUFFIXES, DatasetError
+from engine.training.data import CAPTION_SUFFIX, IMAGE_SUFFIXES, REPEAT_FOLDER, DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _unpack(bundle: zipfile.ZipFile, archive: Path, training_dir: Path) -> Datas
     datasets.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=datasets))
     try:
-        rows, unreadable = [], []
+        rows, unreadable, repeated = [], [], set()
         for inner, info in sorted(images.items()):
             name = "_".join(inner.parts)  # the engine reads a flat folder: sub/a.png becomes sub_a.png
             target = staging / name
@@ -117,6 +117,11 @@ def _unpack(bundle: zipfile.ZipFile, archive: Path, training_dir: Path) -> Datas
             caption = listed.get(inner.as_posix())
             if caption is None and inner.with_suffix("") in captions:
                 caption = bundle.read(captions[inner.with_suffix("")]).decode("utf-8-sig", errors="replace")
+            repeat_folder = REPEAT_FOLDER.fullmatch(PurePosixPath(info.filename).parent.name)
+            if repeat_folder:  # kohya's <repeats>_<name>: its name captions the images that have no .txt
+                caption = caption if caption is not None else repeat_folder.group(2)
+                if int(repeat_folder.group(1)) != 1:
+                    repeated.add(PurePosixPath(info.filename).parent.name)
             rows.append(CaptionRow(name, " ".join((caption or "").split())))
         if not rows:
             raise DatasetError(f"None of the {len(images)} image(s) in {archive.name} can be read: "
@@ -132,6 +137,9 @@ def _unpack(bundle: zipfile.ZipFile, archive: Path, training_dir: Path) -> Datas
         notes.append(f"Skipped {len(skipped)} file(s) that are not images: {_some(skipped)}.")
     if unreadable:
         notes.append(f"Left out {len(unreadable)} image(s) that cannot be read: {_some(unreadable)}.")
+    if repeated:
+        notes.append(f"The repeat counts of the kohya folder(s) {_some(sorted(repeated))} are not used here: each image "
+                     "counts once. To train with them, give the folder to python -m engine train.")
     logger.info("Unpacked %s into %s: %d images", archive.name, folder, len(rows))
     return Dataset(folder, tuple(rows), tuple(notes))
 

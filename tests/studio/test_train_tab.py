@@ -282,6 +282,18 @@ def test_a_zip_with_a_metadata_csv_keeps_its_captions(config, tmp_path):
     assert [(row.image, row.caption) for row in imported.rows] == [("a.png", "a star at the top"), ("b.png", "")]
 
 
+def test_a_zip_of_kohya_repeat_folders_captions_by_folder_name_and_says_repeats_are_not_applied(config, tmp_path):
+    archive = make_zip(tmp_path / "kohya.zip", {
+        "img/10_zxq star/a.png": png_bytes("red"), "img/10_zxq star/b.png": png_bytes("blue"),
+        "img/10_zxq star/b.txt": "a blue zxq star", "img/1_circle/c.png": png_bytes("green"),
+    })
+    imported = import_zip(archive, config.training_dir)
+    assert [(row.image, row.caption) for row in imported.rows] == [
+        ("10_zxq star_a.png", "zxq star"), ("10_zxq star_b.png", "a blue zxq star"), ("1_circle_c.png", "circle")]
+    assert imported.notes == ("The repeat counts of the kohya folder(s) 10_zxq star are not used here: each image "
+                              "counts once. To train with them, give the folder to python -m engine train.",)
+
+
 def test_error_raised_if_a_zip_has_no_readable_image(config, tmp_path):
     with pytest.raises(DatasetError) as error:
         import_zip(make_zip(tmp_path / "bad.zip", {"x.png": b"garbage"}), config.training_dir)
