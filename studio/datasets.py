@@ -138,8 +138,8 @@ def _unpack(bundle: zipfile.ZipFile, archive: Path, training_dir: Path) -> Datas
     if unreadable:
         notes.append(f"Left out {len(unreadable)} image(s) that cannot be read: {_some(unreadable)}.")
     if repeated:
-        notes.append(f"The repeat counts of the kohya folder(s) {_some(sorted(repeated))} are not used here: each image "
-                     "counts once. To train with them, give the folder to python -m engine train.")
+        notes.append(f"The repeat counts of the kohya folder(s) {_some(sorted(repeated))} are not used here: "
+                     "each image counts once. To train with them, give the folder to python -m engine train.")
     logger.info("Unpacked %s into %s: %d images", archive.name, folder, len(rows))
     return Dataset(folder, tuple(rows), tuple(notes))
 
