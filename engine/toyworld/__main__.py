@@ -101,7 +101,8 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
 def _star_lora(args: argparse.Namespace) -> None:
     from engine.toyworld.star_lora import StarRecipe, write_star_recipe
 
-    path = write_star_recipe(args.out, StarRecipe(steps=args.steps), preset=args.preset)
+    background = None if args.background_alpha == 0 else args.background_alpha
+    path = write_star_recipe(args.out, StarRecipe(steps=args.steps, background_alpha=background), preset=args.preset)
     print(f"wrote {args.out / 'dataset'} and {path}; train with: python -m engine train --config {path}")
 
 
@@ -115,6 +116,9 @@ def _add_star_lora(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--preset", default="tiny-shapes", help="the base model (default tiny-shapes)")
     parser.add_argument("--steps", type=int, default=StarRecipe.steps,
                         help=f"training steps (default {StarRecipe.steps})")
+    parser.add_argument("--background-alpha", type=int, default=StarRecipe.background_alpha or 0,
+                        help="1-255: weigh the loss by an alpha channel that is 255 around the star and this "
+                             f"elsewhere; 0 weighs every pixel alike (default {StarRecipe.background_alpha or 0})")
     parser.set_defaults(run=_star_lora)
 
 

@@ -14,9 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from engine.toyworld.captions import canonical_caption
 from engine.toyworld.dataset import write_images_with_metadata
 from engine.toyworld.detector import detect
+from engine.toyworld.loss_weights import LATENT_FACTOR, shape_region
 from engine.toyworld.vocabulary import Shape, Size
 from engine.toyworld.world import make_sample
 
@@ -41,6 +45,9 @@ class StarRecipe:
     batch_size: int = 8
     learning_rate: float = 1e-3
     rank: int = 16
+    # When set, the PNGs carry an alpha channel, 255 on and around the star and this elsewhere, and the run
+    # weighs its loss by it ([dataset] alpha_mask): the star counts 255 / background_alpha times the background.
+    background_alpha: int | None = None
     checkpoint_every: int = 250
     sample_every: int = 250
     sample_steps: int = 20
@@ -63,12 +70,26 @@ def star_caption(caption: str, trigger: str = TRIGGER) -> str:
     return caption.replace(" star", f" {trigger} star")
 
 
-def write_star_dataset(folder: Path, count: int = IMAGES) -> Path:
-    """PNGs and a metadata.csv (image,prompt); returns the metadata file."""
+def write_star_dataset(folder: Path, count: int = IMAGES, background_alpha: int | None = None) -> Path:
+    """PNGs and a metadata.csv (image,prompt); returns the metadata file. With background_alpha, each PNG's
+    alpha is 255 on the latent positions on and around its star and background_alpha elsewhere."""
     samples = (make_sample(seed, size=IMAGE_SIZE, shapes=(Shape.STAR,)) for seed in star_seeds(count))
     return write_images_with_metadata(
-        folder, ((f"star-{index:02d}.png", sample.image, star_caption(canonical_caption(sample.scene)))
-                 for index, sample in enumerate(samples)))
+        folder, ((f"star-{index:02d}.png", _with_alpha(sample, background_alpha),
+                  star_caption(canonical_caption(sample.scene))) for index, sample in enumerate(samples)))
+
+
+def _with_alpha(sample, background_alpha: int | None) -> Image.Image:
+    if background_alpha is None:
+        return sample.image
+    if not 1 <= background_alpha <= 255:
+        raise ValueError(f"background_alpha: must be 1 to 255, got {background_alpha}")
+    region = shape_region(sample.masks, IMAGE_SIZE).numpy()
+    pixels = np.kron(region, np.ones((LATENT_FACTOR, LATENT_FACTOR), dtype=bool))
+    alpha = Image.fromarray(np.where(pixels, 255, background_alpha).astype(np.uint8), "L")
+    image = sample.image.convert("RGBA")
+    image.putalpha(alpha)
+    return image
 
 
 def run_toml(dataset: Path, output: Path, recipe: StarRecipe = StarRecipe(), preset: str = "tiny-shapes") -> str:
@@ -80,6 +101,7 @@ def run_toml(dataset: Path, output: Path, recipe: StarRecipe = StarRecipe(), pre
         "# The star LoRA (python -m engine.toyworld star-lora). Train: python -m engine train --config <this file>",
         "[model]", f"preset = {value(preset)}",
         "[dataset]", f"path = {value(dataset)}", f"resolution = {IMAGE_SIZE}",
+        f"alpha_mask = {json.dumps(recipe.background_alpha is not None)}",
         "[train]", 'mode = "lora"', f"steps = {recipe.steps}", f"batch_size = {recipe.batch_size}",
         f"learning_rate = {recipe.learning_rate}", f"rank = {recipe.rank}", f"alpha = {recipe.rank}",
         'timestep_sampling = "shifted_uniform"', f"checkpoint_every = {recipe.checkpoint_every}",
@@ -92,7 +114,7 @@ def run_toml(dataset: Path, output: Path, recipe: StarRecipe = StarRecipe(), pre
 def write_star_recipe(out: Path, recipe: StarRecipe = StarRecipe(), preset: str = "tiny-shapes") -> Path:
     """<out>/dataset and <out>/run.toml (training output in <out>/training); returns the run.toml."""
     out = Path(out)
-    write_star_dataset(out / "dataset")
+    write_star_dataset(out / "dataset", background_alpha=recipe.background_alpha)
     path = out / "run.toml"
     path.write_text(run_toml(out / "dataset", out / "training", recipe, preset), encoding="utf-8")
     return path

@@ -37,7 +37,8 @@ class BucketExamples(Sequence[Example]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         example = self.dataset[self.members[index]]
-        return Example(fit_to_size(example.image, *self.size), self.caption(example.caption))
+        mask = fit_to_size(example.loss_mask, *self.size) if example.loss_mask is not None else None
+        return Example(fit_to_size(example.image, *self.size), self.caption(example.caption), mask)
 
 
 class BucketedCache:

@@ -161,19 +161,46 @@ def build_cache(encoders: Encoders, examples: Sequence[Example], key: str = "", 
     empty = encode_captions(encoders, [EMPTY_PROMPT])[0]
     images = _Images(examples)
     latents = encode_images(encoders, images, batch_size, report("images"))
-    return TrainingCache(latents=latents, embeds=embeds, lengths=lengths, empty_embeds=empty, key=key)
+    weights = masked_loss_weights(images.masks, latents.shape[-2:]) if any(images.masks) else None
+    return TrainingCache(latents=latents, embeds=embeds, lengths=lengths, empty_embeds=empty, key=key,
+                         loss_weights=weights)
+
+
+def masked_loss_weights(masks: Sequence[Any], latent_size: Sequence[int]) -> torch.Tensor:
+    """(N, H/8, W/8) loss weights from per-image "L" masks (None: every pixel counts fully).
+
+    Each latent position takes the mean of the mask over the pixels it encodes, and each image's map is then
+    scaled to average 1, so a mask says where an image teaches, not how much: the learning rate keeps its
+    meaning whatever share of the image the mask covers (kohya multiplies the loss by the mask unscaled). A
+    mask with nothing left after the bucket's crop gives zeros.
+    """
+    height, width = latent_size
+    maps = []
+    for mask in masks:
+        if mask is None:
+            maps.append(torch.ones(height, width))
+            continue
+        pixels = torch.tensor(list(mask.getdata()), dtype=torch.float32).view(1, 1, mask.height, mask.width) / 255
+        pooled = torch.nn.functional.adaptive_avg_pool2d(pixels, (height, width))[0, 0]
+        # All transparent (a bucket's crop can cut the opaque part away): the image teaches nothing, as in kohya.
+        maps.append(pooled / pooled.mean() if float(pooled.sum()) > 0 else pooled)
+    return torch.stack(maps)
 
 
 class _Images(Sequence[Any]):
-    """The images of a sequence of examples, read lazily so a large dataset is never all in memory."""
+    """The images of a sequence of examples, read lazily so a large dataset is never all in memory; the loss
+    masks of those read are kept in `masks` (small), so each file is decoded once."""
 
     def __init__(self, examples: Sequence[Example]):
         self.examples = examples
+        self.masks: list[Any] = [None] * len(examples)
 
     def __len__(self) -> int:
         return len(self.examples)
 
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
-            return [self.examples[i].image for i in range(*index.indices(len(self)))]
-        return self.examples[index].image
+            return [self[i] for i in range(*index.indices(len(self)))]
+        example = self.examples[index]
+        self.masks[index] = example.loss_mask
+        return example.image

@@ -37,6 +37,9 @@ _LISTED = 3  # file names quoted in an error before "and N more"
 class Example:
     image: Image.Image  # RGB
     caption: str
+    # "L", the image's size: how much each pixel counts in the loss (255 fully, 0 not at all), or None for all
+    # fully; from the image's alpha channel when the dataset is opened with alpha_mask (kohya's masked loss).
+    loss_mask: Image.Image | None = None
 
 
 class ShapesSamples(Sequence[Example]):
@@ -64,10 +67,14 @@ class ShapesSamples(Sequence[Example]):
 
 
 class _ListedImages(Sequence[Example]):
-    """Images in a folder listed as rows of (path relative to the folder, caption), read when indexed."""
+    """Images in a folder listed as rows of (path relative to the folder, caption), read when indexed.
+
+    With alpha_mask, each example's loss mask is its image's alpha channel (all 255 for an image without one).
+    """
 
     folder: Path
     rows: list[tuple[str, str]]
+    alpha_mask: bool = False
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -79,7 +86,14 @@ class _ListedImages(Sequence[Example]):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         name, caption = self.rows[index]
-        return Example(read_image(self.folder / name), caption)
+        if not self.alpha_mask:
+            return Example(read_image(self.folder / name), caption)
+        image, alpha = read_image_and_alpha(self.folder / name)
+        if alpha.getextrema()[1] == 0:
+            raise DatasetError(f"The image {self.folder / name} is transparent everywhere, so with alpha_mask it "
+                               "would teach nothing.", "Give it an alpha channel that marks what to learn, or "
+                               "remove it.")
+        return Example(image, caption, alpha)
 
 
 class MetadataFolder(_ListedImages):
@@ -165,14 +179,17 @@ def _repeated_rows(folder: Path) -> list[tuple[str, str]]:
     return rows
 
 
-def open_dataset(folder: Path) -> MetadataFolder | CaptionedFolder:
-    """The dataset in a folder: its metadata.csv when it has one, else its images with .txt captions."""
+def open_dataset(folder: Path, alpha_mask: bool = False) -> MetadataFolder | CaptionedFolder:
+    """The dataset in a folder: its metadata.csv when it has one, else its images with .txt captions.
+
+    alpha_mask: each example carries its image's alpha channel as its loss mask.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"The dataset folder {folder} does not exist.")
-    if (folder / METADATA_FILE).is_file():
-        return MetadataFolder(folder)
-    return CaptionedFolder(folder)
+    dataset = MetadataFolder(folder) if (folder / METADATA_FILE).is_file() else CaptionedFolder(folder)
+    dataset.alpha_mask = alpha_mask
+    return dataset
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -188,10 +205,23 @@ def image_size(path: Path) -> tuple[int, int]:
 
 def read_image(path: Path) -> Image.Image:
     """The image as RGB, EXIF rotation applied; DatasetError naming the file when it cannot be decoded."""
+    return _upright(path).convert("RGB")
+
+
+def read_image_and_alpha(path: Path) -> tuple[Image.Image, Image.Image]:
+    """The image as RGB and its alpha channel as "L" (all 255 when it has none), EXIF rotation applied."""
+    image = _upright(path)
+    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    alpha = image.convert("RGBA").getchannel("A") if has_alpha else Image.new("L", image.size, 255)
+    return image.convert("RGB"), alpha
+
+
+def _upright(path: Path) -> Image.Image:
+    """The decoded image with its EXIF rotation applied; DatasetError naming the file when it cannot be decoded."""
     try:
         with Image.open(path) as image:
             image.load()
-            return ImageOps.exif_transpose(image).convert("RGB")
+            return ImageOps.exif_transpose(image)
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise DatasetError(f"Cannot read the image {path}: {error}.", "Replace or remove that file.") from None
 

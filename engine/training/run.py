@@ -124,7 +124,7 @@ class _Run:
         resolution = config.dataset.resolution or max(MULTIPLE, preset.defaults.width // MULTIPLE * MULTIPLE)
         self.resolution = resolution
 
-        dataset = open_dataset(config.dataset.path)
+        dataset = open_dataset(config.dataset.path, config.dataset.alpha_mask)
         buckets = Buckets.assign([dataset.image_size(index) for index in range(len(dataset))], resolution)
         shapes = ", ".join(f"{w}x{h} ({len(m)})" for (w, h), m in zip(buckets.sizes, buckets.members))
         self.say(f"dataset: {len(dataset)} images from {config.dataset.path}, buckets {shapes}")
@@ -183,7 +183,8 @@ class _Run:
                  for name, _ in files]
         encoders = [str(components[role].folder.resolve()) for role in (Role.TEXT_ENCODER, Role.VAE, Role.TOKENIZER)]
         text = json.dumps({"rows": files, "stats": stats, "resolution": resolution, "encoders": encoders,
-                           "trigger": self.config.trigger_word}, sort_keys=True)
+                           "trigger": self.config.trigger_word, "alpha_mask": self.config.dataset.alpha_mask},
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
     def cache_progress(self, stage: str, done: int, total: int) -> None:

@@ -1,7 +1,7 @@
 """run.toml: everything a training run needs, read and checked in one place.
 
     [model]    preset = "tiny-shapes"  (or model = "path/to/diffusers/folder"; models_dir = "models")
-    [dataset]  path, resolution, repeats, cache
+    [dataset]  path, resolution, repeats, cache, alpha_mask
     [train]    mode, steps, batch_size, learning_rate, rank, alpha, timestep_sampling, sample_prompts, ...
     [output]   dir, name (the LoRA is written to <dir>/<name>.safetensors)
 
@@ -54,6 +54,7 @@ class DatasetSettings:
     resolution: int | None  # None: the model's default width
     repeats: int = 1
     cache: bool = True  # False encodes every batch as it is drawn (slower; the benchmark's baseline)
+    alpha_mask: bool = False  # weigh the loss by each image's transparency (kohya's alpha_mask): see data.py
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,8 @@ _TRAIN_KEYS = {"mode", "steps", "batch_size", "gradient_accumulation", "gradient
                "timestep_weighting", "caption_dropout", "max_grad_norm", "weight_decay", "checkpoint_every",
                "keep_checkpoints", "log_every", "seed", "sample_every", "sample_prompts", "sample_steps",
                "trigger_word", "fp8_base", "mixed_precision"}
-_SECTIONS = {"model": {"preset", "model", "models_dir"}, "dataset": {"path", "resolution", "repeats", "cache"},
+_SECTIONS = {"model": {"preset", "model", "models_dir"},
+             "dataset": {"path", "resolution", "repeats", "cache", "alpha_mask"},
              "train": _TRAIN_KEYS, "output": {"dir", "name"}}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -200,7 +202,8 @@ def _read_dataset(section: _Section) -> DatasetSettings:
     if resolution is not None and resolution % 16:
         raise section.fail("resolution", f"must be a multiple of 16, got {resolution}")
     return DatasetSettings(path=Path(section.text("path")), resolution=resolution,
-                           repeats=section.whole("repeats", 1), cache=section.get("cache", bool, True))
+                           repeats=section.whole("repeats", 1), cache=section.get("cache", bool, True),
+                           alpha_mask=section.get("alpha_mask", bool, False))
 
 
 def _read_train(section: _Section) -> TrainConfig:

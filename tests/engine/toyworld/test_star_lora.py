@@ -46,3 +46,21 @@ def test_the_recipe_trains_and_scores_on_the_tiny_random_model(tiny_qwen_dir, tm
     score = score_star_lora(engine.load(tiny_qwen_dir, device="cpu"), tmp_path / "training" / "star.safetensors",
                             seeds=1)
     assert score.seeds == 1 and score.prompt == PROMPT and {score.with_lora, score.without_lora} <= {0.0, 1.0}
+
+
+def test_with_a_background_alpha_the_pngs_mark_the_star_and_the_run_weighs_its_loss_by_them(tmp_path):
+    import numpy as np
+
+    from engine.toyworld.star_lora import StarRecipe
+    from engine.toyworld.world import make_sample
+
+    run_toml = write_star_recipe(tmp_path, StarRecipe(background_alpha=51))
+    assert read_run_config(run_toml).dataset.alpha_mask
+    image = Image.open(tmp_path / "dataset" / "star-00.png")
+    assert image.mode == "RGBA"
+    alpha = np.asarray(image.getchannel("A"))
+    star = make_sample(star_seeds(1)[0], size=128, shapes=(Shape.STAR,)).masks[0]
+    assert set(np.unique(alpha)) == {51, 255} and bool((alpha[star] == 255).all())
+    assert list(image.convert("RGB").getdata()) == list(make_sample(star_seeds(1)[0], size=128,
+                                                                    shapes=(Shape.STAR,)).image.getdata())
+    assert not read_run_config(write_star_recipe(tmp_path / "plain")).dataset.alpha_mask

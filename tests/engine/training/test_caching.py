@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from engine.pipelines.qwen_image import encode_prompts
-from engine.training.caching import EMPTY_PROMPT, TrainingCache, encode_captions
+from engine.training.caching import EMPTY_PROMPT, TrainingCache, build_cache, encode_captions
 from engine.training.data import ShapesSamples
 
 
@@ -81,3 +81,36 @@ def test_error_raised_if_loss_weights_do_not_fit_the_latents(shapes_cache):
         replace(shapes_cache, loss_weights=torch.ones(32, 16, 16))
     assert str(caught.value) == ("cache: loss weights of shape (32, 16, 16) for latents of shape (32, 16, 8, 8); "
                                  "expected (32, 8, 8)")
+
+
+def test_masked_loss_weights_average_each_masks_pixels_per_latent_position_and_scale_to_mean_one():
+    from PIL import Image
+
+    from engine.training.caching import masked_loss_weights
+
+    half = Image.new("L", (16, 16), 0)
+    half.paste(255, (0, 0, 8, 16))  # the left half counts
+    quarter = Image.new("L", (16, 16), 0)
+    quarter.paste(255, (0, 0, 8, 8))
+    quarter.paste(51, (8, 0, 16, 8))  # a fifth as much
+    weights = masked_loss_weights([half, None, quarter, Image.new("L", (16, 16), 0)], (2, 2))
+    torch.testing.assert_close(weights[0], torch.tensor([[2.0, 0.0], [2.0, 0.0]]))
+    torch.testing.assert_close(weights[1], torch.ones(2, 2))
+    torch.testing.assert_close(weights[2], torch.tensor([[1.0, 0.2], [0.0, 0.0]]) / 0.3)
+    torch.testing.assert_close(weights[3], torch.zeros(2, 2))  # cropped to nothing: teaches nothing
+
+
+def test_the_cache_of_examples_with_masks_carries_their_weights(encoders):
+    from PIL import Image
+
+    from engine.training.data import Example
+
+    image = Image.new("RGB", (64, 64), (10, 200, 10))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (0, 0, 32, 64))
+    cache = build_cache(encoders, [Example(image, "masked", mask), Example(image, "whole")])
+    assert cache.loss_weights.shape == (2, 8, 8)
+    assert torch.equal(cache.loss_weights[0, :, :4], torch.full((8, 4), 2.0))
+    assert torch.equal(cache.loss_weights[0, :, 4:], torch.zeros(8, 4))
+    assert torch.equal(cache.loss_weights[1], torch.ones(8, 8))
+    assert build_cache(encoders, [Example(image, "whole")]).loss_weights is None

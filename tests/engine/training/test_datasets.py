@@ -102,3 +102,33 @@ def test_error_raised_when_the_repeat_folders_hold_no_images(tmp_path):
     with pytest.raises(DatasetError) as caught:
         open_dataset(tmp_path)
     assert str(caught.value) == f"The repeat folders of {tmp_path} (5_star) hold no images."
+
+
+def write_rgba(path, alpha_left: int, alpha_right: int, size=(64, 64)):
+    """A red image whose left half has alpha alpha_left and right half alpha_right."""
+    image = Image.new("RGBA", size, (200, 10, 10, alpha_right))
+    image.paste((200, 10, 10, alpha_left), (0, 0, size[0] // 2, size[1]))
+    image.save(path)
+
+
+def test_alpha_mask_gives_each_example_its_images_alpha_and_full_weight_to_opaque_images(tmp_path):
+    write_rgba(tmp_path / "a.png", 255, 0)
+    (tmp_path / "a.txt").write_text("left half")
+    write_image(tmp_path / "b.png", (64, 64))
+    (tmp_path / "b.txt").write_text("no alpha")
+    masked = open_dataset(tmp_path, alpha_mask=True)
+    first, second = masked[0], masked[1]
+    assert first.image.mode == "RGB" and first.image.getpixel((50, 5)) == (200, 10, 10)  # colour kept under alpha 0
+    assert first.loss_mask.mode == "L" and first.loss_mask.getpixel((5, 5)) == 255
+    assert first.loss_mask.getpixel((50, 5)) == 0
+    assert second.loss_mask.getextrema() == (255, 255)
+    assert open_dataset(tmp_path)[0].loss_mask is None  # without alpha_mask the alpha is ignored
+
+
+def test_error_raised_for_an_image_transparent_everywhere_under_alpha_mask(tmp_path):
+    write_rgba(tmp_path / "ghost.png", 0, 0)
+    (tmp_path / "ghost.txt").write_text("nothing")
+    with pytest.raises(DatasetError) as caught:
+        open_dataset(tmp_path, alpha_mask=True)[0]
+    assert str(caught.value) == (f"The image {tmp_path / 'ghost.png'} is transparent everywhere, so with alpha_mask it "
+                                 "would teach nothing. Give it an alpha channel that marks what to learn, or remove it.")

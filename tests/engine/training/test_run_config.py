@@ -27,6 +27,7 @@ def test_a_minimal_file_gets_the_documented_defaults(tmp_path):
     config = read_run_config(write(tmp_path, MINIMAL))
     assert config.model.preset == "tiny-shapes" and config.model.model is None
     assert config.dataset.resolution is None and config.dataset.repeats == 1 and config.dataset.cache
+    assert not config.dataset.alpha_mask
     train = config.train
     assert train.mode is TrainMode.LORA and train.steps == 600 and train.batch_size == 1
     assert train.lora_rank == 16 and train.lora_alpha == 16.0 and train.lora_targets == QWEN_IMAGE_LORA_TARGETS
@@ -44,6 +45,7 @@ preset = "tiny-shapes"
 path = "datasets/star"
 resolution = 128
 repeats = 2
+alpha_mask = true
 [train]
 mode = "lora"
 steps = 600
@@ -66,7 +68,7 @@ fp8_base = false
 dir = "outputs/training/star"
 name = "star-v1"
 """))
-    assert config.dataset.resolution == 128 and config.dataset.repeats == 2
+    assert config.dataset.resolution == 128 and config.dataset.repeats == 2 and config.dataset.alpha_mask
     assert config.train.gradient_accumulation == 2 and config.train.gradient_checkpointing
     assert (config.train.lora_rank, config.train.lora_alpha, config.train.lora_targets) == (8, 4.0, ("to_q", "to_v"))
     assert config.train.timestep_weighting is TimestepWeighting.NONE  # the bell belongs to shifted_uniform
@@ -93,6 +95,8 @@ name = "star-v1"
     (("path = \"datasets/star\"", "path = \"datasets/star\"\nresolution = 100"),
      "[dataset] resolution must be a multiple of 16, got 100."),
     (("path = \"datasets/star\"", ""), "[dataset] path is missing."),
+    (("path = \"datasets/star\"", "path = \"datasets/star\"\nalpha_mask = \"yes\""),
+     "[dataset] alpha_mask must be true or false, got 'yes'."),
     (("[dataset]", "[model]\npreset = \"tiny-shapes\"\nmodel = \"x\"\n[dataset]"),
      "[model] model and [model] preset are both given. Give one: a preset name or a model folder."),
     (("dir = \"outputs/training/star\"", "dir = \"outputs/training/star\"\nname = \"../escape\""),

@@ -165,3 +165,19 @@ def test_full_mode_writes_the_trained_transformer_instead_of_a_lora(tiny_qwen_di
     assert all(torch.equal(trained[name], saved[name]) for name in saved)
     base = QwenImageTransformer2DModel.from_pretrained(tiny_qwen_dir / "transformer").state_dict()
     assert not torch.equal(trained["proj_out.weight"], base["proj_out.weight"])
+
+
+def test_alpha_mask_weighs_the_cached_loss_by_each_images_transparency(tiny_qwen_dir, tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for index in range(2):
+        image = Image.new("RGBA", (64, 64), (20, 20, 200, 0))  # the background teaches nothing
+        image.paste((200, 20, 20, 255), (0, 0, 32, 64))  # the left half everything
+        image.save(images / f"{index}.png")
+        (images / f"{index}.txt").write_text("a red left half")
+    path = write_config(tmp_path, tiny_qwen_dir, images, steps=1)
+    path.write_text(path.read_text().replace("resolution = 64", "resolution = 64\nalpha_mask = true"))
+    run_from_file(path)
+    cached = load_file(tmp_path / "out/cache/bucket-64x64.safetensors")
+    assert torch.equal(cached["loss_weights"][:, :, :4], torch.full((2, 8, 4), 2.0))
+    assert torch.equal(cached["loss_weights"][:, :, 4:], torch.zeros(2, 8, 4))
