@@ -16,7 +16,7 @@ import logging
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import torch
@@ -26,6 +26,7 @@ from engine.loading import QWEN_PROMPT_DROP, QWEN_PROMPT_TEMPLATE
 from engine.presets import Role
 from engine.schedulers.flow_match import FlowMatchConfig
 from engine.sources import ResolvedComponent
+from engine.toyworld.loss_weights import shape_loss_weights
 from engine.toyworld.recipe import VAE_TEST_FIRST_SEED, Recipe
 from engine.toyworld.tiny_qwen_image import (MODEL_INDEX, QWEN_IMAGE_SCHEDULER_CONFIG, train_tokenizer,
                                              write_text_encoder)
@@ -141,6 +142,9 @@ class _Build:
         if cache is None:
             raise BuildError(f"The cache {self.work / 'cache.safetensors'} is missing or stale.",
                              "Delete it and run again with --resume.")
+        if self.recipe.shape_loss_emphasis != 1:
+            weights = shape_loss_weights(range(len(cache)), self.recipe.image_size, self.recipe.shape_loss_emphasis)
+            cache = replace(cache, loss_weights=weights)
         transformer = self.new_transformer()
         config = self.recipe.transformer
 

@@ -38,7 +38,9 @@ class StarRecipe:
 
     Tried on a half-trained tiny-shapes (step 5500 of 10000), 20 seeds of PROMPT: 400 steps x 4 found a star
     in 50%; 1500 x 8 in 65% (~3.5 min on 2 busy cores); 1500 x 8 at lr 2e-3 in 45%; 3000 x 8 in 35% (the 24
-    images memorised, loss 0.01). Weight 0 found one in 10% throughout.
+    images memorised, loss 0.01). Weight 0 found one in 10% throughout. On the tiny-shapes trained without
+    shape emphasis, 1500 x 8 found one in 35% (its stars had filled-in points); on the shipped one, trained
+    with it, in 80% (6 min on 2 cores), 5% at weight 0.
     """
 
     steps: int = 1500
