@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import PresetError
-from engine.toml_values import as_kind
+from engine.toml_values import TypedTable
 
 PRESETS_DIR = Path(__file__).resolve().parent.parent / "presets"
 DEFAULT_PRESET = "tiny-shapes"
@@ -134,7 +134,7 @@ FAMILY_DEFAULTS: dict[Family, Defaults] = {
 }
 
 
-class _Reader:
+class _Reader(TypedTable):
     """Reads typed fields from a parsed TOML table, naming file and field in every error."""
 
     def __init__(self, path: Path, table: dict[str, Any], prefix: str = ""):
@@ -142,17 +142,6 @@ class _Reader:
 
     def fail(self, key: str, problem: str) -> PresetError:
         return PresetError(f"{self.path}: field '{self.prefix}{key}' {problem}.", "Fix the preset file or remove it.")
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = ...) -> Any:
-        if key not in self.table:
-            if default is ...:
-                raise self.fail(key, "is missing")
-            return default
-        fits, value = as_kind(self.table[key], kind)
-        if not fits:
-            expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-            raise self.fail(key, f"must be {expected}, got {value!r}")
-        return value
 
     def positive_int(self, key: str, default: Any = ...) -> int:
         value = self.get(key, int, default)

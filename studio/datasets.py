@@ -117,11 +117,12 @@ def _unpack(bundle: zipfile.ZipFile, archive: Path, training_dir: Path) -> Datas
             caption = listed.get(inner.as_posix())
             if caption is None and inner.with_suffix("") in captions:
                 caption = bundle.read(captions[inner.with_suffix("")]).decode("utf-8-sig", errors="replace")
-            repeat_folder = REPEAT_FOLDER.fullmatch(PurePosixPath(info.filename).parent.name)
+            parent = PurePosixPath(info.filename).parent.name
+            repeat_folder = REPEAT_FOLDER.fullmatch(parent)
             if repeat_folder:  # kohya's <repeats>_<name>: its name captions the images that have no .txt
                 caption = caption if caption is not None else repeat_folder.group(2)
                 if int(repeat_folder.group(1)) != 1:
-                    repeated.add(PurePosixPath(info.filename).parent.name)
+                    repeated.add(parent)
             rows.append(CaptionRow(name, " ".join((caption or "").split())))
         if not rows:
             raise DatasetError(f"None of the {len(images)} image(s) in {archive.name} can be read: "

@@ -22,7 +22,7 @@ from engine.toyworld.dataset import write_images_with_metadata
 from engine.toyworld.detector import detect
 from engine.toyworld.loss_weights import LATENT_FACTOR, shape_region
 from engine.toyworld.vocabulary import Shape, Size
-from engine.toyworld.world import make_sample
+from engine.toyworld.world import Sample, make_sample
 
 TRIGGER = "zxq"
 IMAGES = 24
@@ -82,7 +82,7 @@ def write_star_dataset(folder: Path, count: int = IMAGES, background_alpha: int 
                   star_caption(canonical_caption(sample.scene))) for index, sample in enumerate(samples)))
 
 
-def _with_alpha(sample, background_alpha: int | None) -> Image.Image:
+def _with_alpha(sample: Sample, background_alpha: int | None) -> Image.Image:
     if background_alpha is None:
         return sample.image
     if not 1 <= background_alpha <= 255:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -180,7 +181,7 @@ def masked_loss_weights(masks: Sequence[Any], latent_size: Sequence[int]) -> tor
         if mask is None:
             maps.append(torch.ones(height, width))
             continue
-        pixels = torch.tensor(list(mask.getdata()), dtype=torch.float32).view(1, 1, mask.height, mask.width) / 255
+        pixels = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None] / 255
         pooled = torch.nn.functional.adaptive_avg_pool2d(pixels, (height, width))[0, 0]
         # All transparent (a bucket's crop can cut the opaque part away): the image teaches nothing, as in kohya.
         maps.append(pooled / pooled.mean() if float(pooled.sum()) > 0 else pooled)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError, SettingsError
-from engine.toml_values import as_kind
+from engine.toml_values import TypedTable
 from engine.training.config import (QWEN_IMAGE_LORA_TARGETS, LrSchedule, TimestepSampling, TimestepWeighting,
                                     TrainConfig, TrainMode)
 
@@ -99,7 +99,7 @@ _SECTIONS = {"model": {"preset", "model", "models_dir"},
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-class _Section:
+class _Section(TypedTable):
     """Typed reads from one [section] of the file, every error naming file, section and key."""
 
     def __init__(self, path: Path, name: str, table: Any):
@@ -113,15 +113,8 @@ class _Section:
     def fail(self, key: str, problem: str, hint: str = "") -> RunConfigError:
         return RunConfigError(f"{self.path}: [{self.name}] {key} {problem}.", hint)
 
-    def get(self, key: str, kind: type, default: Any = ...) -> Any:
-        if key not in self.table:
-            if default is ...:
-                raise self.fail(key, "is missing")
-            return default
-        fits, value = as_kind(self.table[key], kind)
-        if not fits:
-            raise self.fail(key, f"must be {_KIND_WORDS.get(kind, kind.__name__)}, got {value!r}")
-        return value
+    def kind_words(self, kind: type) -> str:
+        return _KIND_WORDS.get(kind, kind.__name__)
 
     def whole(self, key: str, default: Any = ..., low: int = 1) -> int:
         value = self.get(key, int, default)
