@@ -33,6 +33,11 @@ class BucketExamples(Sequence[Example]):
     def __len__(self) -> int:
         return len(self.members)
 
+    def image_key(self, index: int):
+        """The dataset's image_key of the member (its index in the dataset where the dataset has none)."""
+        member = self.members[index]
+        return self.dataset.image_key(member) if hasattr(self.dataset, "image_key") else member
+
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]

@@ -153,18 +153,38 @@ def encode_images(encoders: Encoders, images: Sequence[Any], batch_size: int = 3
 
 def build_cache(encoders: Encoders, examples: Sequence[Example], key: str = "", batch_size: int = 32,
                 progress: Callable[[str, int, int], None] | None = None) -> TrainingCache:
-    """Encode every example's caption and image (progress(stage, done, total), stage "text" or "images")."""
+    """Encode every example's image and caption (progress(stage, done, total), stage "images" or "text").
+
+    An example the sequence's `image_key` says repeats an earlier one (kohya's repeat folders list each image
+    several times) is read and encoded once; its rows of the cache are copies.
+    """
     def report(stage: str) -> Progress | None:
         return (lambda done, total: progress(stage, done, total)) if progress else None
 
-    captions = [example.caption for example in examples]
-    embeds, lengths = encode_captions(encoders, captions, batch_size * 2, report("text"))
-    empty = encode_captions(encoders, [EMPTY_PROMPT])[0]
-    images = _Images(examples)
+    firsts = first_occurrences(examples)
+    distinct = sorted(set(firsts))
+    images = _Images(examples, distinct)
     latents = encode_images(encoders, images, batch_size, report("images"))
+    embeds, lengths = encode_captions(encoders, images.captions, batch_size * 2, report("text"))
+    empty = encode_captions(encoders, [EMPTY_PROMPT])[0]
     weights = masked_loss_weights(images.masks, latents.shape[-2:]) if any(images.masks) else None
+    if len(distinct) < len(examples):
+        row_of = {index: row for row, index in enumerate(distinct)}
+        rows = torch.tensor([row_of[first] for first in firsts])
+        latents, embeds, lengths = latents[rows], embeds[rows], lengths[rows]
+        weights = weights[rows] if weights is not None else None
     return TrainingCache(latents=latents, embeds=embeds, lengths=lengths, empty_embeds=empty, key=key,
                          loss_weights=weights)
+
+
+def first_occurrences(examples: Sequence[Example]) -> list[int]:
+    """For each example, the index of the first one with the same `image_key` (itself when the sequence has
+    no image_key: then every example counts as distinct)."""
+    image_key = getattr(examples, "image_key", None)
+    if image_key is None:
+        return list(range(len(examples)))
+    first: dict[Any, int] = {}
+    return [first.setdefault(image_key(index), index) for index in range(len(examples))]
 
 
 def masked_loss_weights(masks: Sequence[Any], latent_size: Sequence[int]) -> torch.Tensor:
@@ -189,19 +209,21 @@ def masked_loss_weights(masks: Sequence[Any], latent_size: Sequence[int]) -> tor
 
 
 class _Images(Sequence[Any]):
-    """The images of a sequence of examples, read lazily so a large dataset is never all in memory; the loss
-    masks of those read are kept in `masks` (small), so each file is decoded once."""
+    """The images of the examples at `indices`, read lazily so a large dataset is never all in memory. Each
+    file is decoded once: the captions and loss masks of those read are kept (small) in `captions` and `masks`,
+    so encode the images before the captions."""
 
-    def __init__(self, examples: Sequence[Example]):
-        self.examples = examples
-        self.masks: list[Any] = [None] * len(examples)
+    def __init__(self, examples: Sequence[Example], indices: Sequence[int]):
+        self.examples, self.indices = examples, indices
+        self.captions: list[str] = [""] * len(indices)
+        self.masks: list[Any] = [None] * len(indices)
 
     def __len__(self) -> int:
-        return len(self.examples)
+        return len(self.indices)
 
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
-        example = self.examples[index]
-        self.masks[index] = example.loss_mask
+        example = self.examples[self.indices[index]]
+        self.captions[index], self.masks[index] = example.caption, example.loss_mask
         return example.image

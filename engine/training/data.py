@@ -82,6 +82,11 @@ class _ListedImages(Sequence[Example]):
     def image_size(self, index: int) -> tuple[int, int]:
         return image_size(self.folder / self.rows[index][0])
 
+    def image_key(self, index: int) -> tuple[str, str]:
+        """Equal for examples that are the same file with the same caption (a repeat folder's copies), so the
+        cache encodes them once."""
+        return self.rows[index]
+
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]

@@ -114,3 +114,63 @@ def test_the_cache_of_examples_with_masks_carries_their_weights(encoders):
     assert torch.equal(cache.loss_weights[0, :, 4:], torch.zeros(8, 4))
     assert torch.equal(cache.loss_weights[1], torch.ones(8, 8))
     assert build_cache(encoders, [Example(image, "whole")]).loss_weights is None
+
+
+class _CountingVae:
+    """The tiny VAE, counting the images it encodes."""
+
+    def __init__(self, vae):
+        self.vae, self.encoded = vae, 0
+
+    def encode(self, pixels):
+        self.encoded += pixels.shape[0]
+        return self.vae.encode(pixels)
+
+    def __getattr__(self, name):
+        return getattr(self.vae, name)
+
+
+def test_an_image_listed_several_times_is_encoded_once_and_its_rows_are_copies(encoders, tmp_path):
+    from dataclasses import replace
+
+    from engine.toyworld.world import make_sample
+    from engine.training.bucketed import BucketExamples
+    from engine.training.data import open_dataset
+
+    (tmp_path / "3_zxq shape").mkdir()
+    for seed, name in enumerate(["a", "b"]):
+        make_sample(seed, size=64).image.save(tmp_path / "3_zxq shape" / f"{name}.png")
+    (tmp_path / "3_zxq shape" / "b.txt").write_text("zxq shape, second")
+    (tmp_path / "1_single").mkdir()
+    make_sample(7, size=64).image.save(tmp_path / "1_single" / "c.png")
+    dataset = open_dataset(tmp_path)  # rows: c, then a, a, a, then b, b, b
+    examples = BucketExamples(dataset, range(len(dataset)), (64, 64), caption=lambda text: "trigger, " + text)
+    counting = replace(encoders, vae=_CountingVae(encoders.vae))
+
+    cache = build_cache(counting, examples)
+    assert counting.vae.encoded == 3
+    every_row = build_cache(encoders, [examples[index] for index in range(len(examples))])  # a list: no keys
+    for name in ("latents", "embeds", "lengths"):
+        torch.testing.assert_close(getattr(cache, name), getattr(every_row, name))
+    assert torch.equal(cache.latents[1], cache.latents[3]) and not torch.equal(cache.latents[3], cache.latents[4])
+    assert torch.equal(cache.embeds[4], cache.embeds[6]) and not torch.equal(cache.embeds[1], cache.embeds[4])
+
+
+def test_the_copies_of_a_repeated_image_carry_its_loss_weights(encoders, tmp_path):
+    from PIL import Image
+
+    from engine.training.bucketed import BucketExamples
+    from engine.training.data import open_dataset
+
+    (tmp_path / "2_half").mkdir()
+    left_opaque = Image.new("RGBA", (64, 64), (200, 30, 30, 0))
+    left_opaque.paste((200, 30, 30, 255), (0, 0, 32, 64))
+    left_opaque.save(tmp_path / "2_half" / "a.png")
+    Image.new("RGB", (64, 64), (30, 30, 200)).save(tmp_path / "2_half" / "b.png")
+    dataset = open_dataset(tmp_path, alpha_mask=True)
+    cache = build_cache(encoders, BucketExamples(dataset, range(4), (64, 64)))
+    assert cache.loss_weights.shape == (4, 8, 8)
+    for row in (0, 1):
+        assert torch.equal(cache.loss_weights[row, :, :4], torch.full((8, 4), 2.0))
+        assert torch.equal(cache.loss_weights[row, :, 4:], torch.zeros(8, 4))
+    assert torch.equal(cache.loss_weights[2:], torch.ones(2, 8, 8))
