@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from PIL import Image, UnidentifiedImageError
 
 from engine.toyworld.dataset import METADATA_FILE
-from engine.training.data import CAPTION_SUFFIX, IMAGE_SUFFIXES, REPEAT_FOLDER, DatasetError
+from engine.training.data import CAPTION_SUFFIX, IMAGE_SUFFIXES, REPEAT_FOLDER, DatasetError, has_alpha
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +222,19 @@ def read_dataset(folder: Path) -> Dataset:
         raise DatasetError(f"{folder} holds no images.",
                            f"Put images ({', '.join(IMAGE_SUFFIXES)}) there, or upload the dataset as a zip.")
     return Dataset(folder, tuple(rows))
+
+
+def images_with_alpha(dataset: Dataset) -> int:
+    """How many of the dataset's images carry transparency, read from their headers (an unreadable file counts
+    as none: the trainer names it when it gets there)."""
+    count = 0
+    for row in dataset.rows:
+        try:
+            with Image.open(dataset.folder / row.image) as image:
+                count += has_alpha(image)
+        except (UnidentifiedImageError, OSError, ValueError):
+            pass
+    return count
 
 
 def caption_rows(folder: Path, table: list[list[str]], trigger_word: str = "") -> tuple[CaptionRow, ...]:

@@ -84,6 +84,7 @@ class RunSpec:
     model: Path | None = None
     models_dir: Path | None = None  # where a hub preset's files are (the studio's --models-dir)
     trigger_word: str = ""
+    alpha_mask: bool = False  # transparent pixels left out of the loss ([dataset] alpha_mask)
     alpha: float | None = None  # None: the rank, so the LoRA's scale is 1
     repeats: int = 1
     batch_size: int = 1
@@ -115,6 +116,8 @@ class RunSpec:
         object.__setattr__(self, "sample_prompts", tuple(p.strip() for p in self.sample_prompts if p.strip()))
         if not self.sample_prompts:
             raise SettingsError("Sample prompts are empty.", "Write at least one prompt, one per line.")
+        if not isinstance(self.alpha_mask, bool):
+            raise SettingsError(f"Alpha mask must be on or off, got {self.alpha_mask!r}.")
         if self.alpha is None:
             object.__setattr__(self, "alpha", float(self.rank))
         if self.checkpoint_every is None:
@@ -143,7 +146,7 @@ class RunSpec:
             train["trigger_word"] = self.trigger_word.strip()
         return {"model": model,
                 "dataset": {"path": str(Path(self.dataset).resolve()), "resolution": self.resolution,
-                            "repeats": self.repeats},
+                            "repeats": self.repeats, "alpha_mask": self.alpha_mask},
                 "train": train,
                 "output": {"dir": str(Path(self.out_dir).resolve()), "name": self.name}}
 

@@ -216,9 +216,14 @@ def read_image(path: Path) -> Image.Image:
 def read_image_and_alpha(path: Path) -> tuple[Image.Image, Image.Image]:
     """The image as RGB and its alpha channel as "L" (all 255 when it has none), EXIF rotation applied."""
     image = _upright(path)
-    has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
-    alpha = image.convert("RGBA").getchannel("A") if has_alpha else Image.new("L", image.size, 255)
+    alpha = image.convert("RGBA").getchannel("A") if has_alpha(image) else Image.new("L", image.size, 255)
     return image.convert("RGB"), alpha
+
+
+def has_alpha(image: Image.Image) -> bool:
+    """Whether the image carries transparency (an alpha channel or a transparent palette color); the header
+    tells, so an image opened but not decoded will do."""
+    return image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
 
 
 def _upright(path: Path) -> Image.Image:

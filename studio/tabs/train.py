@@ -22,6 +22,7 @@ from studio.datasets import (
     caption_rows,
     dataset_folder,
     datasets_root,
+    images_with_alpha,
     import_zip,
     read_dataset,
     save_captions,
@@ -71,6 +72,7 @@ class TrainUI:
     rank: gr.Number
     learning_rate: gr.Number
     resolution: gr.Slider
+    alpha_mask: gr.Checkbox
     sample_prompts: gr.Textbox
     sample_every: gr.Number
     start: gr.Button
@@ -129,6 +131,10 @@ def build(choices: Choices) -> TrainUI:
                                           elem_id="train-lr")
             resolution = gr.Slider(label="Resolution", info="Images are scaled to at most this side squared in pixels.",
                                    elem_id="train-resolution", **resolution_slider(choices.preset))
+            alpha_mask = gr.Checkbox(False, label="Alpha mask: learn only what is opaque", elem_id="train-alpha-mask",
+                                     info="Transparent pixels are left out of the loss, so a cut-out subject is "
+                                          "learnt without its background. Images without transparency count "
+                                          "everywhere.")
             sample_prompts = gr.Textbox(label="Sample prompts, one per line", lines=2, elem_id="train-prompts",
                                         info="Empty: the first caption, with the trigger word.")
             sample_every = gr.Number(opening.sample_every, label="Sample every (steps; a checkpoint is saved then)",
@@ -146,8 +152,8 @@ def build(choices: Choices) -> TrainUI:
             samples = gr.Gallery(label="Samples (newest first)", columns=4, height=300, interactive=False,
                                  object_fit="contain", elem_id="train-samples")
     return TrainUI(preset, zip_file, folder, load, dataset_info, captions, thumbnails, run_name, trigger_word, steps,
-                   rank, learning_rate, resolution, sample_prompts, sample_every, start, stop, resume, status,
-                   failure, loss_plot, samples, gr.Timer(POLL_S, active=False), gr.State(None), gr.State([]),
+                   rank, learning_rate, resolution, alpha_mask, sample_prompts, sample_every, start, stop, resume,
+                   status, failure, loss_plot, samples, gr.Timer(POLL_S, active=False), gr.State(None), gr.State([]),
                    gr.State(None))
 
 
@@ -227,7 +233,12 @@ def dataset_outputs(dataset: Dataset) -> tuple:
     """Values for the dataset's outputs: folder, state, info, caption table, thumbnails."""
     count = len(dataset.rows)
     captioned = sum(1 for row in dataset.rows if row.caption)
-    info = [f"**{count} image{'s' if count != 1 else ''}**, {captioned} with a caption, in `{dataset.folder}`."]
+    # No full stop after the folder: the page sets a long path as a block, and the stop would sit alone below it.
+    info = [f"**{count} image{'s' if count != 1 else ''}**, {captioned} with a caption, in `{dataset.folder}`"]
+    transparent = images_with_alpha(dataset)
+    if transparent:
+        info.append(f"{transparent} of them {'has' if transparent == 1 else 'have'} transparency: tick **Alpha mask** "
+                    "to learn only their opaque parts.")
     info.extend(dataset.notes)
     thumbnails = [(str(dataset.folder / row.image), row.image) for row in dataset.rows[:THUMBNAILS]]
     return (str(dataset.folder), str(dataset.folder), "  \n".join(info),
@@ -290,7 +301,8 @@ def wire(ui: TrainUI, services: Services, page_load) -> None:
 
     @boundary
     def start(preset_name: str, folder: str | None, table: list[list[str]], name: str, trigger: str, steps: float,
-              rank: float, learning_rate: float, resolution: float, prompts: str, sample_every: float):
+              rank: float, learning_rate: float, resolution: float, alpha_mask: bool, prompts: str,
+              sample_every: float):
         if not preset_name:
             raise PresetError("No base model is chosen.", "Pick one in the Base model list.")
         if not folder:
@@ -303,14 +315,15 @@ def wire(ui: TrainUI, services: Services, page_load) -> None:
             first_prompt(rows[0].caption, trigger),)
         spec = RunSpec(name=name, dataset=folder, out_dir=runner.run_dir(name), steps=steps,
                        learning_rate=learning_rate, rank=rank, resolution=resolution, sample_every=sample_every,
-                       sample_prompts=lines, trigger_word=trigger, models_dir=config.models_dir,
+                       sample_prompts=lines, trigger_word=trigger, alpha_mask=bool(alpha_mask),
+                       models_dir=config.models_dir,
                        batch_size=preset.training.batch_size, **base_model(preset))
         runner.ensure_idle()  # before the captions are written: a running trainer may be reading them
         save_captions(folder, rows)
         return (*show(runner.start(spec)), [[row.image, row.caption] for row in rows])
 
     ui.start.click(start, [ui.preset, ui.dataset, ui.captions, ui.run_name, ui.trigger_word, ui.steps, ui.rank,
-                           ui.learning_rate, ui.resolution, ui.sample_prompts, ui.sample_every],
+                           ui.learning_rate, ui.resolution, ui.alpha_mask, ui.sample_prompts, ui.sample_every],
                    [*run_outputs, ui.captions], api_visibility="private", concurrency_limit=None)
 
     @boundary

@@ -49,12 +49,16 @@ def test_upload_start_watch_the_loss_and_samples_then_stop(page, studio, fake_tr
         for index, color in enumerate(("red", "green", "blue")):
             bundle.writestr(f"stars/{index}.png", png_bytes(color))
             bundle.writestr(f"stars/{index}.txt", f"a {color} star")
+        bundle.writestr("stars/3.png", png_bytes("yellow", mode="RGBA"))  # a cut-out: transparent around
+        bundle.writestr("stars/3.txt", "a yellow star")
         bundle.writestr("stars/notes.pdf", b"%PDF")
     open_train_tab(page)
     page.set_input_files("#train-zip input[type=file]", str(archive))
-    page.wait_for_function("document.querySelector('#train-dataset-info').innerText.includes('3 images')")
+    page.wait_for_function("document.querySelector('#train-dataset-info').innerText.includes('4 images')")
     assert "a green star" in page.inner_text("#train-captions")
-    assert page.locator("#train-thumbnails img").count() == 3
+    assert page.locator("#train-thumbnails img").count() == 4
+    assert "1 of them has transparency: tick Alpha mask" in page.inner_text("#train-dataset-info")
+    page.check("#train-alpha-mask input")
     fill(page, "train-name", "browser-train-star")
     fill(page, "train-trigger", "zxq")
     fill(page, "train-steps", 400)
@@ -74,7 +78,9 @@ def test_upload_start_watch_the_loss_and_samples_then_stop(page, studio, fake_tr
     view = studio.services.training.view()
     assert view.name == "browser-train-star" and 0 < view.step < 400
     assert (view.out_dir.parent / "datasets").is_dir()
-    assert "zxq a red star" in (view.out_dir / "run.toml").read_text()  # the default sample prompt
+    run_toml = (view.out_dir / "run.toml").read_text()
+    assert "zxq a red star" in run_toml  # the default sample prompt
+    assert "alpha_mask = true" in run_toml
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "train.png"), full_page=True)
 
