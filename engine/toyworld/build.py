@@ -36,6 +36,7 @@ from engine.toyworld.world import make_sample
 logger = logging.getLogger(__name__)
 
 REPORT = "report.json"
+CACHE_FILE = "cache.safetensors"
 DEFAULT_WORK_DIR = Path(".bench") / "toyworld-train"
 PSNR_IMAGES = 64
 
@@ -126,48 +127,30 @@ class _Build:
                 last["stage"] = stage
 
         with single_frame_convs(encoders.vae):
-            cache = build_cache(encoders, samples, key=self.cache_key(), progress=progress)
+            cache = build_cache(encoders, samples, key=cache_key(self.recipe), progress=progress)
         cache.save(path)
 
-    def cache_key(self) -> str:
-        return json.dumps({"train_images": self.recipe.train_images, "image_size": self.recipe.image_size,
-                           "sizes": asdict(self.recipe.sizes), "vae": asdict(self.recipe.vae)}, sort_keys=True)
-
     def transformer(self, folder: Path) -> None:
-        from engine.training.caching import TrainingCache
         from engine.training.logbook import Logbook
-        from engine.training.loop import LOSS_LOG, train, trained_weights
+        from engine.training.loop import LOSS_LOG, trained_weights
 
-        cache = TrainingCache.load(self.work / "cache.safetensors", self.cache_key())
-        if cache is None:
-            raise BuildError(f"The cache {self.work / 'cache.safetensors'} is missing or stale.",
-                             "Delete it and run again with --resume.")
-        if self.recipe.shape_loss_emphasis != 1:
-            weights = shape_loss_weights(range(len(cache)), self.recipe.image_size, self.recipe.shape_loss_emphasis)
-            cache = replace(cache, loss_weights=weights)
-        transformer = self.new_transformer()
-        config = self.recipe.transformer
+        if self.recipe.transformer_processes > 1:
+            from engine.toyworld.parallel_training import train_in_processes
 
-        def progress(report) -> None:
-            self.say(f"transformer: step {report.step}/{report.total}  loss {report.loss:.4f}  "
-                     f"lr {report.learning_rate:.2e}  eta {_minutes(report.eta_s)}")
-
-        schedule = FlowMatchConfig.from_dict(QWEN_IMAGE_SCHEDULER_CONFIG)
-        train(transformer, cache, config, schedule, self.work / "transformer", progress)
-        transformer.load_state_dict(trained_weights(self.work / "transformer", use_ema=config.ema_decay > 0))
+            train_in_processes(self.recipe.transformer_processes, train_transformer, (self.recipe, self.work),
+                               self.transformer_progress)
+        else:
+            train_transformer(self.recipe, self.work, self.transformer_progress)
+        transformer = new_transformer(self.recipe)
+        transformer.load_state_dict(trained_weights(self.work / "transformer",
+                                                    use_ema=self.recipe.transformer.ema_decay > 0))
         transformer.to(_dtype(self.recipe)).save_pretrained(folder, max_shard_size="10MB", safe_serialization=True)
         losses = Logbook(self.work / "transformer" / LOSS_LOG).read()
         self.record(transformer_final_loss=losses[-1]["loss"])
 
-    def new_transformer(self) -> torch.nn.Module:
-        from diffusers import QwenImageTransformer2DModel
-
-        sizes = self.recipe.sizes
-        torch.manual_seed(self.recipe.seed + 1)
-        return QwenImageTransformer2DModel(
-            patch_size=2, in_channels=self.recipe.vae.z_dim * 4, out_channels=self.recipe.vae.z_dim,
-            num_layers=sizes.dit_layers, attention_head_dim=sizes.dit_head_dim, num_attention_heads=sizes.dit_heads,
-            joint_attention_dim=sizes.text_hidden, axes_dims_rope=sizes.rope_axes)
+    def transformer_progress(self, report) -> None:
+        self.say(f"transformer: step {report.step}/{report.total}  loss {report.loss:.4f}  "
+                 f"lr {report.learning_rate:.2e}  eta {_minutes(report.eta_s)}")
 
     def preview(self, path: Path) -> None:
         from engine.toyworld.preview_fit import fit_preview
@@ -185,10 +168,54 @@ class _Build:
             ("tokenizer", self.model / "tokenizer", self.tokenizer),
             ("text_encoder", self.model / "text_encoder", self.text_encoder),
             ("vae", self.model / "vae", self.vae),
-            ("cache", self.work / "cache.safetensors", self.cache),
+            ("cache", self.work / CACHE_FILE, self.cache),
             ("transformer", self.model / "transformer", self.transformer),
             ("preview", self.model / "preview.json", self.preview),
         ]
+
+
+def cache_key(recipe: Recipe) -> str:
+    """What the cached latents and embeddings depend on: the data and the encoders, not the transformer, so a
+    recipe that only changes the transformer trains on the cache an earlier build made."""
+    encoder_sizes = {name: value for name, value in asdict(recipe.sizes).items()
+                     if not name.startswith(("dit_", "rope_"))}
+    return json.dumps({"train_images": recipe.train_images, "image_size": recipe.image_size,
+                       "sizes": encoder_sizes, "vae": asdict(recipe.vae)}, sort_keys=True)
+
+
+def new_transformer(recipe: Recipe) -> torch.nn.Module:
+    """The recipe's transformer at its seeded initial weights."""
+    from diffusers import QwenImageTransformer2DModel
+
+    sizes = recipe.sizes
+    torch.manual_seed(recipe.seed + 1)
+    return QwenImageTransformer2DModel(
+        patch_size=2, in_channels=recipe.vae.z_dim * 4, out_channels=recipe.vae.z_dim,
+        num_layers=sizes.dit_layers, attention_head_dim=sizes.dit_head_dim, num_attention_heads=sizes.dit_heads,
+        joint_attention_dim=sizes.text_hidden, axes_dims_rope=sizes.rope_axes)
+
+
+def train_transformer(recipe: Recipe, work: Path, progress: Callable | None = None) -> None:
+    """The transformer stage's training, from the cache to checkpoints in work/transformer. It runs in this
+    process, or in each of recipe.transformer_processes workers (engine/toyworld/parallel_training.py), which
+    then share every batch of recipe.transformer.batch_size between them."""
+    from engine.training.caching import TrainingCache
+    from engine.training.loop import train
+
+    cache = TrainingCache.load(work / CACHE_FILE, cache_key(recipe))
+    if cache is None:
+        raise BuildError(f"The cache {work / CACHE_FILE} is missing or stale.",
+                         "Delete it and run again with --resume.")
+    if recipe.shape_loss_emphasis != 1:
+        weights = shape_loss_weights(range(len(cache)), recipe.image_size, recipe.shape_loss_emphasis)
+        cache = replace(cache, loss_weights=weights)
+    config = recipe.transformer
+    if recipe.transformer_processes > 1:
+        from engine.toyworld.parallel_training import per_process_config
+
+        config = per_process_config(config, recipe.transformer_processes)
+    schedule = FlowMatchConfig.from_dict(QWEN_IMAGE_SCHEDULER_CONFIG)
+    train(new_transformer(recipe), cache, config, schedule, work / "transformer", progress)
 
 
 def _load_vae(component: ResolvedComponent):

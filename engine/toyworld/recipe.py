@@ -41,15 +41,21 @@ class Recipe:
     shape_loss_emphasis: float = 5.0
     weight_dtype: str = "bfloat16"  # what the shipped files store; the loader converts to the run's dtype
     threads: int = 2
+    # Processes that train the transformer together, one thread each, each on its share of every batch
+    # (engine/toyworld/parallel_training.py explains why two single-thread processes beat one with two threads).
+    transformer_processes: int = 2
 
     def __post_init__(self) -> None:
         if not self.shape_loss_emphasis >= 1:
             raise ValueError(f"shape_loss_emphasis: must be at least 1, got {self.shape_loss_emphasis}")
         if self.image_size % 16:
             raise ValueError(f"image_size: must be a multiple of 16, got {self.image_size}")
-        for name in ("train_images", "tokenizer_captions", "stats_images"):
+        for name in ("train_images", "tokenizer_captions", "stats_images", "transformer_processes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        if self.transformer.batch_size % self.transformer_processes:
+            raise ValueError(f"transformer_processes: {self.transformer_processes} must divide the batch size "
+                             f"{self.transformer.batch_size}")
 
 
 SHIPPED = Recipe()
@@ -64,4 +70,5 @@ QUICK = Recipe(
     transformer=TrainConfig(steps=36, batch_size=8, learning_rate=1e-3, checkpoint_every=12, log_every=12,
                             caption_dropout=0.1, ema_decay=0.9),
     threads=1,
+    transformer_processes=1,
 )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,6 +110,18 @@ def batch_indices(config: TrainConfig, dataset_size: int, step: int, process: in
     return indices
 
 
+def process_state():
+    """accelerate's view of the processes of this run. Several processes on a machine without a GPU (torchrun,
+    `accelerate launch --multi_gpu` there, the shapes world's parallel build) are CPU processes over gloo;
+    accelerate's Accelerator infers that from ACCELERATE_USE_CPU only, so it is said here, before an Accelerator
+    shares this state."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available()))
+
+
 def step_generator(config: TrainConfig, step: int, process: int = 0) -> torch.Generator:
     """The generator of a step's noise, noise levels and caption dropout (drawn for the global batch, so the
     loop asks for process 0 on every process)."""
@@ -164,6 +177,7 @@ def train(transformer: torch.nn.Module, cache: TrainingCache | BatchSource, conf
     from accelerate.utils import DistributedDataParallelKwargs
 
     output_dir = Path(output_dir)
+    process_state()
     source: BatchSource = SingleCache(cache) if isinstance(cache, TrainingCache) else cache
     # The last block's text-stream output is discarded by the model, so its text weights (and their LoRA) get no
     # gradient; DDP must be told to expect that, or it waits for them and fails on the next step.

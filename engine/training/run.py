@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
@@ -34,7 +33,7 @@ from engine.training.buckets import MULTIPLE, Buckets
 from engine.training.caching import Encoders
 from engine.training.config import TrainConfig, TrainMode
 from engine.training.data import open_dataset
-from engine.training.loop import CHECKPOINTS, Sampler, TrainProgress, train
+from engine.training.loop import CHECKPOINTS, Sampler, TrainProgress, process_state, train
 from engine.training.run_config import Fp8Base, RunConfig, read_run_config
 from engine.training.samples import SAMPLES_DIR, RecordedTextEncoder, SampleSpec, make_samples
 from engine.training.status import RunState, RunStatus, write_status
@@ -66,7 +65,7 @@ def with_trigger(caption: str, trigger: str) -> str:
 
 
 def run_training(config: RunConfig, resume: bool = False, say: Say = logger.info) -> RunStatus:
-    state = _process_state()
+    state = process_state()
     run = _Run(config, state.is_main_process, say)
     with StopRequest(config.output_dir) as stop:
         try:
@@ -338,17 +337,6 @@ class _LazyEncoders:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
         self.say("text encoder and VAE released")
-
-
-def _process_state() -> Any:
-    """accelerate's view of the processes of this run. Several processes on a machine without a GPU (torchrun,
-    `accelerate launch --multi_gpu` there) are CPU processes over gloo; accelerate's Accelerator infers that
-    from ACCELERATE_USE_CPU only, so it is said here, before the Accelerator in the loop shares this state."""
-    from accelerate import PartialState
-    from accelerate.utils import parse_flag_from_env
-
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available()))
 
 
 def _schedule(components: dict):

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
+import shutil
+from dataclasses import replace
 
 import pytest
+import torch
 
 import engine
-from engine.toyworld.build import BuildError, build
+from engine.toyworld.build import CACHE_FILE, BuildError, _Build, build, cache_key, new_transformer
+from engine.toyworld.parallel_training import ParallelTrainingError
+from engine.training.loop import trained_weights
 from engine.toyworld.recipe import QUICK
 
 LAYOUT = [
@@ -66,3 +72,55 @@ def test_error_raised_if_the_work_folder_holds_a_run_and_resume_is_not_asked(bui
     root, _, _ = built
     with pytest.raises(BuildError, match="--resume"):
         build(QUICK, root / "elsewhere", root / "work")
+
+
+def test_a_recipe_that_changes_only_the_transformer_keeps_the_cache():
+    retrained = replace(QUICK, sizes=replace(QUICK.sizes, dit_layers=3, dit_heads=4, rope_axes=(4, 4, 8)),
+                        transformer=replace(QUICK.transformer, learning_rate=2e-3, steps=99),
+                        shape_loss_emphasis=3.0)
+    assert cache_key(retrained) == cache_key(QUICK)
+
+
+@pytest.mark.parametrize("changed", [
+    replace(QUICK, sizes=replace(QUICK.sizes, text_hidden=48)),
+    replace(QUICK, sizes=replace(QUICK.sizes, vocab_size=512)),
+    replace(QUICK, train_images=40),
+    replace(QUICK, vae=replace(QUICK.vae, steps=5)),
+])
+def test_a_recipe_that_changes_what_is_encoded_makes_a_new_cache(changed):
+    assert cache_key(changed) != cache_key(QUICK)
+
+
+def _train_stage_only(recipe, cache_from, work):
+    """Run just the transformer stage of `recipe` in `work`, on the cache of an earlier build; its float32
+    trained weights (the EMA copy) and the progress messages."""
+    (work / "model").mkdir(parents=True)
+    shutil.copy(cache_from / CACHE_FILE, work / CACHE_FILE)
+    messages: list[str] = []
+    _Build(recipe, work, messages.append).transformer(work / "model" / "transformer")
+    return trained_weights(work / "transformer"), messages
+
+
+def test_two_worker_processes_train_what_one_process_trains(built, tmp_path):
+    root, _, _ = built
+    short = replace(QUICK, transformer=replace(QUICK.transformer, steps=4, checkpoint_every=4, log_every=2))
+    one, _ = _train_stage_only(short, root / "work", tmp_path / "one")
+    two, messages = _train_stage_only(replace(short, transformer_processes=2), root / "work", tmp_path / "two")
+    initial = new_transformer(short).state_dict()
+    assert one.keys() == two.keys() == initial.keys()
+    assert any(not torch.equal(one[key], initial[key]) for key in one)  # it trained
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5)
+    assert [m for m in messages if m.startswith("transformer: step")][-1].startswith("transformer: step 4/4")
+    state = json.loads((tmp_path / "two/transformer/checkpoints/step-0000004/state.json").read_text())
+    assert state["state"]["processes"] == 2 and state["state"]["config"]["batch_size"] == 4
+
+
+def test_a_failing_worker_process_is_reported_with_its_error(tmp_path):
+    (tmp_path / "model").mkdir()
+    recipe = replace(QUICK, transformer_processes=2)
+    with pytest.raises(ParallelTrainingError) as raised:
+        _Build(recipe, tmp_path, lambda message: None).transformer(tmp_path / "model" / "transformer")
+    assert re.fullmatch(
+        rf"Training the transformer in 2 processes failed: worker [01]: The cache {re.escape(str(tmp_path))}/"
+        r"cache\.safetensors is missing or stale\. Delete it and run again with --resume\.", str(raised.value))
