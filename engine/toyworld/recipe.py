@@ -31,14 +31,14 @@ class Recipe:
     vae: VaeTrainConfig = VaeTrainConfig(steps=3000, batch_size=16, crop=64, learning_rate=5e-4, images=20000,
                                          checkpoint_every=250, log_every=50)
     transformer: TrainConfig = TrainConfig(
-        steps=7500, batch_size=64, learning_rate=1.5e-3, lr_schedule=LrSchedule.COSINE, warmup_steps=300,
+        steps=9000, batch_size=64, learning_rate=6e-4, lr_schedule=LrSchedule.COSINE, warmup_steps=200,
         min_lr_ratio=0.05, weight_decay=0.0, adam_beta2=0.99, max_grad_norm=1.0,
         timestep_sampling=TimestepSampling.LOGIT_NORMAL, caption_dropout=0.1, ema_decay=0.999,
         checkpoint_every=500, log_every=50,
     )
     # How much more the latent positions on and around a shape count in the transformer's loss than the
     # background (engine/toyworld/loss_weights.py); 1 is plain MSE.
-    shape_loss_emphasis: float = 2.5
+    shape_loss_emphasis: float = 5.0
     weight_dtype: str = "bfloat16"  # what the shipped files store; the loader converts to the run's dtype
     threads: int = 2
     # Processes that train the transformer together, one thread each, each on its share of every batch

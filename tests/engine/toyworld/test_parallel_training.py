@@ -1,5 +1,5 @@
 """engine/toyworld/parallel_training.py: workers that report through the parent, fail loudly, and never outlive it.
-(That two workers train exactly what one process trains is tested on the real stage in test_build.py.)"""
+(That two workers train what one process trains, to float rounding, is tested on the real stage in test_build.py.)"""
 
 from __future__ import annotations
 

@@ -56,8 +56,8 @@ def test_the_cli_with_no_preset_named_draws_the_prompt(tmp_path):
 
 
 # The targets the shipped model meets with room to spare on the full score (background 100%, img2img IoU 0.92);
-# color, shape class and position are still below theirs (issue 3 stays open until they are met), and
-# two-shape prompts meet their 60% (71% of 38) with too little margin to be judged on a small sample.
+# color, shape class and two-shape prompts are still below theirs (issue 3 stays open until they are met),
+# and position meets its 80% with too little margin to be judged on a small sample.
 KEPT = ("background color", "img2img at 0.3: mask IoU (mean)")
 
 
