@@ -13,6 +13,7 @@ its progress reports and any error back to the parent through a queue.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import queue
 import socket
@@ -24,6 +25,9 @@ from dataclasses import replace
 from engine.errors import EngineError
 
 Report = Callable[[object], None]
+RESUME_HINT = "Run again with --resume to continue from the last checkpoint."
+# Polls (0.5 s each) that a worker which died gets for its error report to arrive before it is called silent.
+_SILENT_POLLS = 4
 
 
 class ParallelTrainingError(EngineError):
@@ -36,13 +40,9 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-RESUME_HINT = "Run again with --resume to continue from the last checkpoint."
-
-
 def _exit_with_parent() -> None:
     """End this worker when the build process that started it ends, however it ended (a kill skips the
     parent's clean-up, and an orphaned worker would go on writing checkpoints into the work folder)."""
-    import multiprocessing
     from multiprocessing.connection import wait
 
     parent = multiprocessing.parent_process()
@@ -79,8 +79,6 @@ def train_in_processes(processes: int, train_stage: Callable, arguments: tuple, 
     engine.training.loop.train; `progress` receives the first worker's reports in this process. When a worker
     fails, the others are stopped (they would wait for it at the next gradient sync) and its error is raised.
     """
-    import multiprocessing
-
     context = multiprocessing.get_context("spawn")
     reports = context.Queue()
     port = _free_port()
@@ -90,24 +88,21 @@ def train_in_processes(processes: int, train_stage: Callable, arguments: tuple, 
         worker.start()
     error: tuple[str, str] | None = None  # (what happened, what to do)
     all_done = False
+    polls_since_a_death = 0
     try:
         while error is None:
             try:
                 kind, payload = reports.get(timeout=0.5)
             except queue.Empty:
-                if all(worker.exitcode == 0 for worker in workers):
+                codes = [worker.exitcode for worker in workers]
+                if all(code == 0 for code in codes):
                     all_done = True
                     break
-                if any(worker.exitcode not in (None, 0) for worker in workers):
-                    # Died without a word (killed, out of memory): give its report a moment to arrive.
-                    try:
-                        kind, payload = reports.get(timeout=2)
-                    except queue.Empty:
-                        codes = [worker.exitcode for worker in workers]
+                if any(code not in (None, 0) for code in codes):
+                    polls_since_a_death += 1  # killed or out of memory, unless its report is still on the way
+                    if polls_since_a_death > _SILENT_POLLS:
                         error = (f"a worker ended without reporting why (exit codes {codes})", RESUME_HINT)
-                        break
-                else:
-                    continue
+                continue
             if kind == "progress":
                 progress(payload)
             else:
@@ -123,7 +118,8 @@ def train_in_processes(processes: int, train_stage: Callable, arguments: tuple, 
 
 
 def per_process_config(config, processes: int):
-    """The TrainConfig each of `processes` workers runs so that together they train `config`'s global batch."""
+    """The TrainConfig each of `processes` workers runs so that together they train `config`'s global batch
+    (ValueError when the batch does not split evenly)."""
     if config.batch_size % processes:
         raise ValueError(f"batch_size: {config.batch_size} does not split evenly over {processes} processes")
     return replace(config, batch_size=config.batch_size // processes)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from engine.training.config import LrSchedule, TimestepSampling, TrainConfig
+from engine.toyworld.parallel_training import per_process_config
 from engine.toyworld.tiny_qwen_image import TinySizes
 from engine.toyworld.vae_training import VaeTrainConfig
 
@@ -53,9 +54,7 @@ class Recipe:
         for name in ("train_images", "tokenizer_captions", "stats_images", "transformer_processes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
-        if self.transformer.batch_size % self.transformer_processes:
-            raise ValueError(f"transformer_processes: {self.transformer_processes} must divide the batch size "
-                             f"{self.transformer.batch_size}")
+        per_process_config(self.transformer, self.transformer_processes)  # raises when the batch does not split
 
 
 SHIPPED = Recipe()
