@@ -71,11 +71,30 @@ def _add_train(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_train)
 
 
-def _score(args: argparse.Namespace) -> None:
+def shapes_preset(preset_or_folder: str):
+    """The preset a shapes-world command runs: a preset by name, or for a folder (a candidate build, such as
+    `train --out DIR` writes) the tiny-shapes preset with the folder's files. A folder's own preset would
+    sample at Qwen-Image's 1328x1328 and 50 steps, not at the 128x128 and 20 steps the targets are stated at."""
+    from dataclasses import replace
+
+    from engine.presets import DEFAULT_PRESET, load_preset
+
+    folder = Path(preset_or_folder)
+    if folder.is_dir():
+        return replace(load_preset(DEFAULT_PRESET), folder=folder.resolve())
+    return load_preset(preset_or_folder)
+
+
+def _shapes_model(preset_or_folder: str):
     import engine
+
+    return engine.load(shapes_preset(preset_or_folder), device="cpu")
+
+
+def _score(args: argparse.Namespace) -> None:
     from engine.toyworld.score import score_model
 
-    model = engine.load(args.model, device="cpu")
+    model = _shapes_model(args.model)
 
     def progress(stage: str, done: int, total: int) -> None:
         if done == total or done % 10 == 0:
@@ -91,7 +110,9 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
     from engine.presets import DEFAULT_PRESET
 
     parser = commands.add_parser("score", help="judge a shapes-world model's pictures on held-out prompts")
-    parser.add_argument("--model", default=DEFAULT_PRESET, help=f"preset name or model folder (default {DEFAULT_PRESET})")
+    parser.add_argument("--model", default=DEFAULT_PRESET,
+                        help=f"preset name, or a model folder scored at {DEFAULT_PRESET}'s settings "
+                             f"(default {DEFAULT_PRESET})")
     parser.add_argument("--prompts", type=int, default=60, help="held-out prompts (default 60)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per prompt (default 2)")
     parser.add_argument("--img2img", type=int, help="held-out renders redrawn at strength 0.3 (default: --prompts)")
@@ -123,10 +144,9 @@ def _add_star_lora(commands: argparse._SubParsersAction) -> None:
 
 
 def _star_score(args: argparse.Namespace) -> None:
-    import engine
     from engine.toyworld.star_lora import score_star_lora
 
-    model = engine.load(args.model, device="cpu")
+    model = _shapes_model(args.model)
     score = score_star_lora(model, args.lora, seeds=args.seeds)
     print(f"{score.prompt!r}, {score.seeds} seeds: a star in {score.with_lora:.0%} with the LoRA, "
           f"{score.without_lora:.0%} at weight 0")
@@ -137,7 +157,9 @@ def _add_star_score(commands: argparse._SubParsersAction) -> None:
 
     parser = commands.add_parser("star-score", help="how often the detector finds a star with the LoRA and without")
     parser.add_argument("--lora", type=Path, required=True, help="the trained star LoRA (.safetensors)")
-    parser.add_argument("--model", default=DEFAULT_PRESET, help=f"preset name or model folder (default {DEFAULT_PRESET})")
+    parser.add_argument("--model", default=DEFAULT_PRESET,
+                        help=f"preset name, or a model folder run at {DEFAULT_PRESET}'s settings "
+                             f"(default {DEFAULT_PRESET})")
     parser.add_argument("--seeds", type=int, default=20, help="seeds 0..N-1 (default 20)")
     parser.set_defaults(run=_star_score)
 

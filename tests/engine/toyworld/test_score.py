@@ -65,3 +65,14 @@ def test_mask_iou_is_one_for_a_clean_render_and_zero_when_the_shape_is_gone():
     assert mask_iou(sample.scene, sample.masks, detect(sample.image)) == [1.0] * len(sample.masks)
     blank = np.zeros((128, 128, 3), dtype=np.uint8)
     assert mask_iou(sample.scene, sample.masks, detect(blank)) == [0.0] * len(sample.masks)
+
+
+def test_a_candidate_folder_is_scored_at_the_tiny_shapes_settings(tmp_path):
+    from engine.presets import load_preset
+    from engine.toyworld.__main__ import shapes_preset
+
+    shipped = load_preset("tiny-shapes")
+    candidate = shapes_preset(str(tmp_path))
+    assert candidate.folder == tmp_path.resolve()
+    assert candidate.defaults == shipped.defaults and candidate.defaults.width == 128
+    assert shapes_preset("tiny-shapes") == shipped
