@@ -55,9 +55,9 @@ def test_the_cli_with_no_preset_named_draws_the_prompt(tmp_path):
         assert _red_circle_top_left_on_blue(image.convert("RGB"))
 
 
-# The targets the shipped model meets with room to spare on the full score (background 100%, img2img IoU 0.92);
-# color, shape class and two-shape prompts are still below theirs (issue 3 stays open until they are met),
-# and position meets its 80% with too little margin to be judged on a small sample.
+# The targets the shipped model meets with room to spare on the full score (background 100%, img2img IoU 0.9);
+# color, shape class, position and two-shape prompts are still below theirs (issue 3 stays open until they
+# are met).
 KEPT = ("background color", "img2img at 0.3: mask IoU (mean)")
 
 
