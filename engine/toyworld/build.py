@@ -27,6 +27,7 @@ from engine.presets import Role
 from engine.schedulers.flow_match import FlowMatchConfig
 from engine.sources import ResolvedComponent
 from engine.toyworld.loss_weights import shape_loss_weights
+from engine.toyworld.parallel_training import per_process_config, train_in_processes
 from engine.toyworld.recipe import VAE_TEST_FIRST_SEED, Recipe
 from engine.toyworld.tiny_qwen_image import (MODEL_INDEX, QWEN_IMAGE_SCHEDULER_CONFIG, train_tokenizer,
                                              write_text_encoder)
@@ -135,8 +136,6 @@ class _Build:
         from engine.training.loop import LOSS_LOG, trained_weights
 
         if self.recipe.transformer_processes > 1:
-            from engine.toyworld.parallel_training import train_in_processes
-
             train_in_processes(self.recipe.transformer_processes, train_transformer, (self.recipe, self.work),
                                self.transformer_progress)
         else:
@@ -209,11 +208,7 @@ def train_transformer(recipe: Recipe, work: Path, progress: Callable | None = No
     if recipe.shape_loss_emphasis != 1:
         weights = shape_loss_weights(range(len(cache)), recipe.image_size, recipe.shape_loss_emphasis)
         cache = replace(cache, loss_weights=weights)
-    config = recipe.transformer
-    if recipe.transformer_processes > 1:
-        from engine.toyworld.parallel_training import per_process_config
-
-        config = per_process_config(config, recipe.transformer_processes)
+    config = per_process_config(recipe.transformer, recipe.transformer_processes)
     schedule = FlowMatchConfig.from_dict(QWEN_IMAGE_SCHEDULER_CONFIG)
     train(new_transformer(recipe), cache, config, schedule, work / "transformer", progress)
 
