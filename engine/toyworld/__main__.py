@@ -123,12 +123,14 @@ def _star_lora(args: argparse.Namespace) -> None:
     from engine.toyworld.star_lora import StarRecipe, write_star_recipe
 
     background = None if args.background_alpha == 0 else args.background_alpha
-    path = write_star_recipe(args.out, StarRecipe(steps=args.steps, background_alpha=background), preset=args.preset)
+    recipe = StarRecipe(steps=args.steps, background_alpha=background, timestep_sampling=args.timestep_sampling)
+    path = write_star_recipe(args.out, recipe, preset=args.preset)
     print(f"wrote {args.out / 'dataset'} and {path}; train with: python -m engine train --config {path}")
 
 
 def _add_star_lora(commands: argparse._SubParsersAction) -> None:
     from engine.toyworld.star_lora import StarRecipe
+    from engine.training.config import TimestepSampling
 
     parser = commands.add_parser(
         "star-lora", help="write the star LoRA's 24 images (captions with the trigger word) and its run.toml")
@@ -140,6 +142,9 @@ def _add_star_lora(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--background-alpha", type=int, default=StarRecipe.background_alpha or 0,
                         help="1-255: weigh the loss by an alpha channel that is 255 around the star and this "
                              f"elsewhere; 0 weighs every pixel alike (default {StarRecipe.background_alpha or 0})")
+    parser.add_argument("--timestep-sampling", choices=[choice.value for choice in TimestepSampling],
+                        default=StarRecipe.timestep_sampling,
+                        help=f"how the noise levels are drawn (default {StarRecipe.timestep_sampling})")
     parser.set_defaults(run=_star_lora)
 
 

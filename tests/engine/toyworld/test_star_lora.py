@@ -64,3 +64,20 @@ def test_with_a_background_alpha_the_pngs_mark_the_star_and_the_run_weighs_its_l
     assert list(image.convert("RGB").getdata()) == list(make_sample(star_seeds(1)[0], size=128,
                                                                     shapes=(Shape.STAR,)).image.getdata())
     assert not read_run_config(write_star_recipe(tmp_path / "plain")).dataset.alpha_mask
+
+
+def test_the_noise_levels_the_run_draws_are_chosen_on_the_command_line(tmp_path, capsys):
+    import pytest
+
+    from engine.training.config import TimestepSampling
+
+    assert main(["star-lora", "--out", str(tmp_path / "default")]) == 0
+    assert read_run_config(tmp_path / "default" / "run.toml").train.timestep_sampling is \
+        TimestepSampling.SHIFTED_UNIFORM
+    assert main(["star-lora", "--out", str(tmp_path / "qwen"), "--timestep-sampling", "qwen_shift"]) == 0
+    assert read_run_config(tmp_path / "qwen" / "run.toml").train.timestep_sampling is TimestepSampling.QWEN_SHIFT
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["star-lora", "--out", str(tmp_path / "bad"), "--timestep-sampling", "uniform"])
+    assert "argument --timestep-sampling: invalid choice: 'uniform'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
