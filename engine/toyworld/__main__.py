@@ -121,9 +121,11 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
 
 def _star_lora(args: argparse.Namespace) -> None:
     from engine.toyworld.star_lora import StarRecipe, write_star_recipe
+    from engine.training.config import TimestepSampling
 
     background = None if args.background_alpha == 0 else args.background_alpha
-    recipe = StarRecipe(steps=args.steps, background_alpha=background, timestep_sampling=args.timestep_sampling)
+    recipe = StarRecipe(steps=args.steps, background_alpha=background,
+                        timestep_sampling=TimestepSampling(args.timestep_sampling))
     path = write_star_recipe(args.out, recipe, preset=args.preset)
     print(f"wrote {args.out / 'dataset'} and {path}; train with: python -m engine train --config {path}")
 
@@ -143,8 +145,8 @@ def _add_star_lora(commands: argparse._SubParsersAction) -> None:
                         help="1-255: weigh the loss by an alpha channel that is 255 around the star and this "
                              f"elsewhere; 0 weighs every pixel alike (default {StarRecipe.background_alpha or 0})")
     parser.add_argument("--timestep-sampling", choices=[choice.value for choice in TimestepSampling],
-                        default=StarRecipe.timestep_sampling,
-                        help=f"how the noise levels are drawn (default {StarRecipe.timestep_sampling})")
+                        default=StarRecipe.timestep_sampling.value,
+                        help=f"how the noise levels are drawn (default {StarRecipe.timestep_sampling.value})")
     parser.set_defaults(run=_star_lora)
 
 

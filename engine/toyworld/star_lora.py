@@ -23,6 +23,7 @@ from engine.toyworld.detector import detect
 from engine.toyworld.loss_weights import LATENT_FACTOR, shape_region
 from engine.toyworld.vocabulary import Shape, Size
 from engine.toyworld.world import Sample, make_sample
+from engine.training.config import TimestepSampling
 
 TRIGGER = "zxq"
 IMAGES = 24
@@ -55,7 +56,7 @@ class StarRecipe:
     batch_size: int = 8
     learning_rate: float = 1e-3
     rank: int = 16
-    timestep_sampling: str = "shifted_uniform"  # a TimestepSampling value (engine/training/config.py)
+    timestep_sampling: TimestepSampling = TimestepSampling.SHIFTED_UNIFORM
     # When set, the PNGs carry an alpha channel, 255 on and around the star and this elsewhere, and the run
     # weighs its loss by it ([dataset] alpha_mask): the star counts 255 / background_alpha times the background.
     background_alpha: int | None = None
@@ -115,7 +116,7 @@ def run_toml(dataset: Path, output: Path, recipe: StarRecipe = StarRecipe(), pre
         f"alpha_mask = {json.dumps(recipe.background_alpha is not None)}",
         "[train]", 'mode = "lora"', f"steps = {recipe.steps}", f"batch_size = {recipe.batch_size}",
         f"learning_rate = {recipe.learning_rate}", f"rank = {recipe.rank}", f"alpha = {recipe.rank}",
-        f"timestep_sampling = {value(recipe.timestep_sampling)}", f"checkpoint_every = {recipe.checkpoint_every}",
+        f"timestep_sampling = {value(recipe.timestep_sampling.value)}", f"checkpoint_every = {recipe.checkpoint_every}",
         f"sample_every = {recipe.sample_every}", f"sample_prompts = {value(list(SAMPLE_PROMPTS))}",
         f"sample_steps = {recipe.sample_steps}", f"seed = {recipe.seed}", f"trigger_word = {value(TRIGGER)}",
         "[output]", f"dir = {value(output)}", 'name = "star"', "",

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import csv
 
+import pytest
 from PIL import Image
 
 from engine.toyworld.__main__ import main
 from engine.toyworld.detector import detect
 from engine.toyworld.star_lora import PROMPT, TRIGGER, score_star_lora, star_seeds, write_star_recipe
 from engine.toyworld.vocabulary import Shape
+from engine.training.config import TimestepSampling
 from engine.training.run import run_from_file
 from engine.training.run_config import read_run_config
 
@@ -67,10 +69,6 @@ def test_with_a_background_alpha_the_pngs_mark_the_star_and_the_run_weighs_its_l
 
 
 def test_the_noise_levels_the_run_draws_are_chosen_on_the_command_line(tmp_path, capsys):
-    import pytest
-
-    from engine.training.config import TimestepSampling
-
     assert main(["star-lora", "--out", str(tmp_path / "default")]) == 0
     assert read_run_config(tmp_path / "default" / "run.toml").train.timestep_sampling is \
         TimestepSampling.SHIFTED_UNIFORM
