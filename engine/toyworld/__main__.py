@@ -104,6 +104,8 @@ def _score(args: argparse.Namespace) -> None:
     print(f"{model.preset.name}: {args.prompts} held-out prompts x {args.seeds} seeds, "
           f"{model.preset.defaults.steps} steps, cfg {model.preset.defaults.cfg:g}")
     print(report.table())
+    print()
+    print(report.breakdown_table())
 
 
 def _add_score(commands: argparse._SubParsersAction) -> None:

@@ -11,14 +11,17 @@ shape drawn in the wrong cell counts against position only, not also against its
 - image-to-image: a held-out render redrawn at strength 0.3 with its caption; the IoU of each true shape's
   mask with the best-overlapping detected mask, averaged over shapes;
 - seconds per image: median wall time of one text-to-image generation with the model's defaults.
+The breakdown splits color, class and position by the number of shapes in the prompt, the described class and
+the described size, and counts what each described class was read as: where a model falls short, it says where.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 import numpy as np
@@ -60,10 +63,24 @@ class Metric:
 
 
 @dataclass(frozen=True)
+class GroupScore:
+    """Color, class and position shares over the described shapes of one group (such as "class: square")."""
+
+    group: str
+    shapes: int
+    color: float
+    shape: float
+    position: float
+
+
+@dataclass(frozen=True)
 class ScoreReport:
     metrics: tuple[Metric, ...]
     prompts: int
     seeds: int
+    groups: tuple[GroupScore, ...] = ()
+    # (described class, what the matched detected shape was read as, or "missing", count), most common first
+    read_as: tuple[tuple[str, str, int], ...] = ()
 
     def metric(self, name: str) -> Metric:
         return next(metric for metric in self.metrics if metric.name == name)
@@ -72,8 +89,22 @@ class ScoreReport:
         rows = [("metric", "value", "target", "n", "met")]
         for m in self.metrics:
             rows.append((m.name, *m.cells(), str(m.count), "yes" if m.met else "NO"))
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
-        return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+        return _aligned(rows)
+
+    def breakdown_table(self) -> str:
+        rows = [("described shapes", "n", "color", "class", "position")]
+        rows += [(g.group, str(g.shapes), f"{g.color:.1%}", f"{g.shape:.1%}", f"{g.position:.1%}") for g in self.groups]
+        lines = [_aligned(rows), "", "each described class was read as:"]
+        for want in dict.fromkeys(want for want, _, _ in self.read_as):
+            total = sum(count for w, _, count in self.read_as if w == want)
+            parts = [f"{got} {count / total:.0%}" for w, got, count in self.read_as if w == want]
+            lines.append(f"  {want} (n={total}): " + ", ".join(parts))
+        return "\n".join(lines)
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
 def held_out_scenes(count: int, size: int = 128) -> list[Scene]:
@@ -105,16 +136,27 @@ class _Tally:
     images: int = 0
     pairs_present: int = 0
     pairs: int = 0
+    # group name -> [shapes, color right, class right, position right]
+    groups: defaultdict = field(default_factory=lambda: defaultdict(lambda: [0, 0, 0, 0]))
+    read_as: Counter = field(default_factory=Counter)
 
     def add(self, scene: Scene, detection: Detection) -> None:
         self.images += 1
         self.background += detection.background == scene.background
         for want, got in zip(scene.shapes, match_shapes(scene.shapes, detection.shapes, scene.size)):
+            right = (0, 0, 0) if got is None else (got.color == want.color, got.shape == want.shape,
+                                                   got.position == want.position)
             self.shapes += 1
-            if got is not None:
-                self.color += got.color == want.color
-                self.shape += got.shape == want.shape
-                self.position += got.position == want.position
+            self.color += right[0]
+            self.shape += right[1]
+            self.position += right[2]
+            for group in (f"shapes in the prompt: {len(scene.shapes)}", f"class: {want.shape.value}",
+                          f"size: {want.size.value}"):
+                tally = self.groups[group]
+                tally[0] += 1
+                for index, hit in enumerate(right, start=1):
+                    tally[index] += hit
+            self.read_as[(want.shape.value, "missing" if got is None else got.shape.value)] += 1
         if len(scene.shapes) == 2:
             self.pairs += 1
             seen = {(d.color, d.shape) for d in detection.shapes}
@@ -171,5 +213,9 @@ def score_model(model, prompts: int = 60, seeds: int = 2, img2img: int | None = 
                Unit.MEAN),
         Metric("seconds per image", statistics.median(times), 1.5, len(times), Unit.SECONDS),
     )
-    return ScoreReport(metrics=metrics, prompts=prompts, seeds=seeds)
+    groups = tuple(GroupScore(name, n, color / n, shape / n, position / n)
+                   for name, (n, color, shape, position) in sorted(tally.groups.items()))
+    read_as = tuple(sorted(((want, got, count) for (want, got), count in tally.read_as.items()),
+                           key=lambda row: (row[0], -row[2], row[1])))
+    return ScoreReport(metrics=metrics, prompts=prompts, seeds=seeds, groups=groups, read_as=read_as)
 

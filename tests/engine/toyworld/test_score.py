@@ -76,3 +76,33 @@ def test_a_candidate_folder_is_scored_at_the_tiny_shapes_settings(tmp_path):
     assert candidate.folder == tmp_path.resolve()
     assert candidate.defaults == shipped.defaults and candidate.defaults.width == 128
     assert shapes_preset("tiny-shapes") == shipped
+
+
+def test_the_breakdown_says_which_class_was_read_as_what():
+    """A square drawn round, in its cell, counts against the square's class only; a missing triangle against
+    all three shares of its groups; the read-as counts name both."""
+    from engine.toyworld.score import _Tally
+
+    square = SceneShape(Shape.SQUARE, Color.RED, Size.LARGE, Position.TOP_LEFT)
+    triangle = SceneShape(Shape.TRIANGLE, Color.GREEN, Size.SMALL, Position.BOTTOM_RIGHT)
+    drawn = Scene(Color.BLUE, (SceneShape(Shape.CIRCLE, Color.RED, Size.LARGE, Position.TOP_LEFT),))
+    tally = _Tally()
+    tally.add(Scene(Color.BLUE, (square, triangle)), detect(render(drawn)))
+    assert tally.groups["class: square"] == [1, 1, 0, 1]
+    assert tally.groups["class: triangle"] == [1, 0, 0, 0]
+    assert tally.groups["shapes in the prompt: 2"] == [2, 1, 0, 1]
+    assert tally.groups["size: small"] == [1, 0, 0, 0]
+    assert tally.read_as == {("square", "circle"): 1, ("triangle", "missing"): 1}
+
+
+def test_the_breakdown_table_lists_every_group_and_the_read_as_shares():
+    report = score_model(_Renderer(6), prompts=6, seeds=1, img2img=0)
+    table = report.breakdown_table()
+    assert {group.group for group in report.groups} >= {"class: circle", "size: large"}
+    for group in report.groups:
+        assert group.group in table
+        assert (group.color, group.shape, group.position) == (1.0, 1.0, 1.0)
+    described = {want for want, _, _ in report.read_as}
+    for want in described:
+        total = sum(count for w, _, count in report.read_as if w == want)
+        assert f"  {want} (n={total}): {want} 100%" in table
