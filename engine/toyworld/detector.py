@@ -193,6 +193,38 @@ def shape_features(mask: np.ndarray) -> tuple[float, float, float]:
     return area / box.size, area / _hull_area(box), top / max(area - top, 1.0)
 
 
+def count_points(mask: np.ndarray, directions: int = 72, prominence: float = 0.2) -> int:
+    """How many points (tips, corners) a non-empty region sticks out: circle 0, triangle 3, square 4, star 5.
+
+    The class prototypes above name the nearest class even for a shape that is none of them; a generated
+    blob with two lobes is concave like a star and is read as one. Counting points tells them apart: the
+    region's farthest reach from its centroid, in each of `directions` directions, makes a closed profile,
+    and a point is a rise of at least `prominence` times the largest reach above the valley before it,
+    followed by the same fall.
+    """
+    ys, xs = np.nonzero(mask)
+    dy, dx = ys - ys.mean(), xs - xs.mean()
+    direction = ((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * directions).astype(int) % directions
+    reach = np.zeros(directions)
+    np.maximum.at(reach, direction, np.hypot(dy, dx) + 0.5)
+    seen = np.flatnonzero(reach > 0)  # a small region leaves some directions without a pixel
+    reach = np.interp(np.arange(directions), seen, reach[seen], period=directions)
+    reach = (np.roll(reach, 1) + reach + np.roll(reach, -1)) / 3  # one-pixel steps are not points
+    rise = prominence * reach.max()
+    walk = np.roll(reach, -int(reach.argmin()))  # start in the deepest valley and come back to it
+    points, low, high, climbing = 0, walk[0], walk[0], True
+    for value in np.append(walk[1:], walk[0]):
+        if climbing:
+            high = max(high, value)
+            if high - low >= rise and high - value >= rise:
+                points, climbing, low = points + 1, False, value
+        else:
+            low = min(low, value)
+            if value - low >= rise:
+                climbing, high = True, value
+    return points
+
+
 def _describe(mask: np.ndarray, color: Color, image_side: float) -> DetectedShape:
     ys, xs = np.nonzero(mask)
     left, top, right, bottom = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from engine.toyworld.detector import Detection, DetectorConfig, detect, label_components
+from engine.toyworld.detector import Detection, DetectorConfig, count_points, detect, label_components
 from engine.toyworld.scene import Scene, SceneShape
 from engine.toyworld.vocabulary import COLOR_RGB, Color, Position, Shape, Size
 from engine.toyworld.world import make_sample, render
@@ -39,6 +39,25 @@ def test_detects_at_least_90_percent_of_shapes_when_renders_are_blurred_and_nois
     rng = np.random.default_rng(0)
     samples = [make_sample(seed, shapes=ALL_SHAPES) for seed in range(1000, 1200)]
     assert _match_rate((_noisy_and_blurred(s.image, rng), s.scene) for s in samples) >= 0.90
+
+
+POINTS = {Shape.CIRCLE: 0, Shape.TRIANGLE: 3, Shape.SQUARE: 4, Shape.STAR: 5}
+
+
+def test_points_are_counted_on_every_detected_shape_of_clean_renders():
+    counted = [(shape.shape, count_points(shape.mask))
+               for seed in range(200) for shape in detect(make_sample(seed, shapes=ALL_SHAPES).image).shapes]
+    assert len(counted) > 300
+    assert [(shape, points) for shape, points in counted if points != POINTS[shape]] == []
+
+
+def test_a_two_lobed_blob_has_two_points_though_its_concavity_reads_as_a_star():
+    y, x = np.mgrid[:128, :128]
+    blob = ((x - 64) ** 2 + (y - 44) ** 2 < 14 ** 2) | ((x - 64) ** 2 + (y - 88) ** 2 < 14 ** 2) | (
+        (abs(x - 64) < 3) & (y > 44) & (y < 88))
+    image = np.where(blob[..., None], COLOR_RGB[Color.YELLOW], COLOR_RGB[Color.BLUE]).astype(np.uint8)
+    (shape,) = detect(image).shapes
+    assert shape.shape == Shape.STAR and count_points(shape.mask) == 2
 
 
 def test_background_size_and_exact_masks_are_reported_when_renders_are_clean():
