@@ -29,8 +29,7 @@ from engine.sources import ResolvedComponent
 from engine.toyworld.loss_weights import shape_loss_weights
 from engine.toyworld.parallel_training import per_process_config, train_in_processes
 from engine.toyworld.recipe import VAE_TEST_FIRST_SEED, Recipe
-from engine.toyworld.tiny_qwen_image import (MODEL_INDEX, QWEN_IMAGE_SCHEDULER_CONFIG, train_tokenizer,
-                                             write_text_encoder)
+from engine.toyworld.tiny_qwen_image import MODEL_INDEX, train_tokenizer, write_text_encoder
 from engine.toyworld.vocabulary import Color, Position, Shape, Size
 from engine.toyworld.world import make_sample
 
@@ -209,7 +208,7 @@ def train_transformer(recipe: Recipe, work: Path, progress: Callable | None = No
         weights = shape_loss_weights(range(len(cache)), recipe.image_size, recipe.shape_loss_emphasis)
         cache = replace(cache, loss_weights=weights)
     config = per_process_config(recipe.transformer, recipe.transformer_processes)
-    schedule = FlowMatchConfig.from_dict(QWEN_IMAGE_SCHEDULER_CONFIG)
+    schedule = FlowMatchConfig.from_dict(recipe.scheduler_config())
     train(new_transformer(recipe), cache, config, schedule, work / "transformer", progress)
 
 
@@ -227,12 +226,12 @@ def _minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
 
 
-def _write_fixed_files(model: Path) -> None:
+def _write_fixed_files(model: Path, recipe: Recipe) -> None:
     model.mkdir(parents=True, exist_ok=True)
     (model / "model_index.json").write_text(json.dumps(MODEL_INDEX, indent=2, sort_keys=True) + "\n")
     (model / "scheduler").mkdir(exist_ok=True)
     (model / "scheduler" / "scheduler_config.json").write_text(
-        json.dumps(QWEN_IMAGE_SCHEDULER_CONFIG, indent=2, sort_keys=True) + "\n")
+        json.dumps(recipe.scheduler_config(), indent=2, sort_keys=True) + "\n")
 
 
 def build(recipe: Recipe, out: Path, work: Path = DEFAULT_WORK_DIR, resume: bool = False,
@@ -245,7 +244,7 @@ def build(recipe: Recipe, out: Path, work: Path = DEFAULT_WORK_DIR, resume: bool
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(recipe.threads)
     run = _Build(recipe, work, say)
-    _write_fixed_files(run.model)
+    _write_fixed_files(run.model, recipe)
     began = time.monotonic()
     for name, target, stage in run.stages():
         if target.exists():

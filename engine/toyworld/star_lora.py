@@ -37,19 +37,23 @@ SAMPLE_PROMPTS = (PROMPT, f"a large red {TRIGGER} star in the top left on a whit
 class StarRecipe:
     """The settings of the star run, written into run.toml (the trainer's own defaults fill in the rest).
 
-    Tried on a half-trained tiny-shapes (step 5500 of 10000), 20 seeds of PROMPT: 400 steps x 4 found a star
-    in 50%; 1500 x 8 in 65% (~3.5 min on 2 busy cores); 1500 x 8 at lr 2e-3 in 45%; 3000 x 8 in 35% (the 24
-    images memorised, loss 0.01). Weight 0 found one in 10% throughout. On the tiny-shapes trained without
-    shape emphasis, 1500 x 8 found one in 35% (its stars had filled-in points); on the shipped one, trained
-    with it, in 80% (6 min on 2 cores), 5% at weight 0; with background_alpha 51 (the star 5x) in 75%, so the
-    default weighs every pixel alike. A base trained at lr 1.5e-3 with QWEN_SHIFT noise levels (far better at
-    positions) took the star worse: 15% (its stars came out small and blunt), 0% with background_alpha 51;
-    drawing the LoRA's noise levels as qwen_shift or logit_normal 20%, 500 steps 0%, rank 4 0%, lr 3e-4 0%;
-    adapters on the image stream only (to_q, to_k, to_v, to_out.0, img_mlp.net.2, img_mod.1) 35% (15% at lr
-    2e-3, 25% at 3000 steps, 20% with shifted_uniform). That base draws nearly the same picture for every seed
-    (mean pixel difference between seeds 10 / 255 against the shipped model's 27), so each prompt is mostly
-    all or nothing: its yellow centre star kept one point and lost the others, while the orange centre star it
-    trained on came out right in every seed.
+    On the shipped tiny-shapes (trained at sampling shift 3), 20 seeds of PROMPT: a star with five points in
+    95%, 0% at weight 0 (the points are counted since this base: at weight 0 it draws two-lobed blobs the
+    detector's class prototypes alone read as stars in 40%).
+
+    Earlier bases, judged without counting points. On a half-trained one (step 5500 of 10000): 400 steps x 4 found a
+    star in 50%; 1500 x 8 in 65% (~3.5 min on 2 busy cores); 1500 x 8 at lr 2e-3 in 45%; 3000 x 8 in 35% (the 24
+    images memorised, loss 0.01). Weight 0 found one in 10% throughout. On the tiny-shapes trained without shape
+    emphasis, 1500 x 8 found one in 35% (its stars had filled-in points); on the one shipped before the shift,
+    trained with it, in 80% (6 min on 2 cores), 5% at weight 0; with background_alpha 51 (the star 5x) in 75%, so
+    the default weighs every pixel alike. A base trained at lr 1.5e-3 with QWEN_SHIFT noise levels (far better at
+    positions) took the star worse: 15% (its stars came out small and blunt), 0% with background_alpha 51; drawing
+    the LoRA's noise levels as qwen_shift or logit_normal 20%, 500 steps 0%, rank 4 0%, lr 3e-4 0%; adapters on the
+    image stream only (to_q, to_k, to_v, to_out.0, img_mlp.net.2, img_mod.1) 35% (15% at lr 2e-3, 25% at 3000 steps,
+    20% with shifted_uniform). That base draws nearly the same picture for every seed (mean pixel difference between
+    seeds 10 / 255 against 27 for that earlier shipped one), so each prompt is mostly all or nothing: its yellow
+    centre star kept one point and lost the others, while the orange centre star it trained on came out right in
+    every seed.
     """
 
     steps: int = 1500

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from dataclasses import replace
@@ -11,10 +12,11 @@ import pytest
 import torch
 
 import engine
+from engine.schedulers.flow_match import FlowMatchConfig, dynamic_shift_mu
 from engine.toyworld.build import CACHE_FILE, BuildError, _Build, build, cache_key, new_transformer
 from engine.toyworld.parallel_training import ParallelTrainingError
 from engine.training.loop import trained_weights
-from engine.toyworld.recipe import QUICK
+from engine.toyworld.recipe import QUICK, Recipe
 
 LAYOUT = [
     "model_index.json", "preview.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
@@ -45,6 +47,20 @@ def test_every_file_of_the_qwen_image_layout_is_published_and_loads(built):
     image = model.generate("a red circle in the top left on a blue background", width=64, height=64, steps=2).images[0]
     assert image.size == (64, 64)
     assert {"vae_psnr_db", "transformer_final_loss", "total_s"} <= set(report)
+
+
+def test_the_published_scheduler_shifts_by_the_recipe_at_every_image_size(built):
+    root, _, _ = built
+    config = FlowMatchConfig.from_file(root / "out" / "scheduler" / "scheduler_config.json")
+    for tokens in (64, 256, 4096):
+        assert math.exp(dynamic_shift_mu(tokens, config)) == pytest.approx(QUICK.sampling_shift)
+
+
+@pytest.mark.parametrize("shift", [0.0, -1.0])
+def test_error_raised_for_a_sampling_shift_that_is_not_positive(shift):
+    with pytest.raises(ValueError) as raised:
+        Recipe(sampling_shift=shift)
+    assert str(raised.value) == f"sampling_shift: must be positive, got {shift}"
 
 
 def test_the_smoke_run_learns_its_32_images(built):

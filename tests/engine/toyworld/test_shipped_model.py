@@ -6,6 +6,7 @@ The full score (60 prompts x 2 seeds) is `python -m engine.toyworld score`; here
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 import engine
 from engine.toyworld.detector import detect
+from engine.toyworld.recipe import SHIPPED
 from engine.toyworld.score import score_model
 from engine.toyworld.vocabulary import Color, Position, Shape
 
@@ -38,6 +40,11 @@ def test_the_default_preset_is_the_shipped_tiny_shapes(shipped):
     assert shipped.preset.defaults.width == 128 and shipped.preset.defaults.steps == 20
 
 
+def test_the_shipped_scheduler_is_the_one_the_recipe_trained_with():
+    shipped_config = json.loads((ROOT / "presets" / "tiny-shapes" / "scheduler" / "scheduler_config.json").read_text())
+    assert shipped_config == SHIPPED.scheduler_config()
+
+
 def test_the_readme_prompt_draws_a_red_circle_top_left_on_blue(shipped):
     images = shipped.generate(README_PROMPT, seed=0, count=4).images
     assert sum(_red_circle_top_left_on_blue(image) for image in images) >= 3
@@ -55,9 +62,9 @@ def test_the_cli_with_no_preset_named_draws_the_prompt(tmp_path):
         assert _red_circle_top_left_on_blue(image.convert("RGB"))
 
 
-# The targets the shipped model meets with room to spare on the full score (background 100%, img2img IoU 0.9);
-# color, shape class, position and two-shape prompts are still below theirs (issue 3 stays open until they
-# are met).
+# The targets the shipped model meets with room to spare on the full score (background 100%, img2img IoU 0.87).
+# Position meets its target on the full score (92%), but this sample's 25 shapes sit at 84%, one shape from
+# the line; color, shape class and two-shape prompts are still below theirs (issue 3 stays open until they are).
 KEPT = ("background color", "img2img at 0.3: mask IoU (mean)")
 
 
