@@ -47,8 +47,8 @@ class Recipe:
     # image's layout is already fixed at sigma ~0.9 (img2img from a render at strength 0.95 keeps IoU 0.41);
     # shift 3 puts more training there. Measured at 3000 steps against Qwen's own shift, both drawing noise
     # levels uniformly on the schedule: position 60% -> 72%, color 62% -> 68%; shift 6 was worse than 3. The
-    # full build against the one before (logit-normal noise levels, Qwen's shift): color 64% -> 90%, class
-    # 44% -> 60%, position 64% -> 92%, two shapes both drawn 53% -> 58%.
+    # full build against the one before (logit-normal noise levels, Qwen's shift), both at cfg 4: color
+    # 64% -> 90%, class 44% -> 60%, position 64% -> 92%, two shapes both drawn 53% -> 58%.
     sampling_shift: float = 3.0
     weight_dtype: str = "bfloat16"  # what the shipped files store; the loader converts to the run's dtype
     threads: int = 2

@@ -62,13 +62,14 @@ def test_the_cli_with_no_preset_named_draws_the_prompt(tmp_path):
         assert _red_circle_top_left_on_blue(image.convert("RGB"))
 
 
-# The targets the shipped model meets with room to spare on the full score (background 100%, img2img IoU 0.87).
-# Position meets its target on the full score (92%), but this sample's 25 shapes sit at 84%, one shape from
-# the line; color, shape class and two-shape prompts are still below theirs (issue 3 stays open until they are).
-KEPT = ("background color", "img2img at 0.3: mask IoU (mean)")
+# The targets the shipped model meets with room to spare on the full score (background 100%, position 95%,
+# img2img IoU 0.88; this sample: 100%, 92%, 0.81). Color (93%) and two-shape prompts (71%) meet theirs on the full
+# score too, but this sample's 25 shapes and 3 two-shape prompts sit too near the line to judge them; shape class
+# (67%) is still below its target, so issue 3 stays open.
+KEPT = ("background color", "position (centroid in the named cell)", "img2img at 0.3: mask IoU (mean)")
 
 
-def test_a_small_sample_of_the_score_keeps_backgrounds_and_img2img_shapes(shipped):
+def test_a_small_sample_of_the_score_keeps_backgrounds_positions_and_img2img_shapes(shipped):
     report = score_model(shipped, prompts=12, seeds=1, img2img=6)
     missed = [(report.metric(name).name, report.metric(name).value) for name in KEPT if not report.metric(name).met]
     assert missed == [], report.table()
