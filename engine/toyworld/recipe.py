@@ -31,7 +31,7 @@ class Recipe:
         dit_layers=6, dit_heads=4, dit_head_dim=32, rope_axes=(8, 12, 12),
     )  # the VAE's sizes are in `vae`
     # Width is bounded by the 2-hour build, not by the 25 MB budget: 6 heads (width 192, 8.2M parameters)
-    # step 1.75x slower, so the same wall time gives 4,800 steps, and that build scored class 40% and color 72%
+    # step 1.8x slower, so the same wall time gives 4,800 steps, and that build scored class 40% and color 72%
     # against this one's 67% and 93% (this width at 4,500 steps: class 42%). The shipped width has converged:
     # 1,000 more steps from its weights leave class at 66.5%.
     vae: VaeTrainConfig = VaeTrainConfig(steps=3000, batch_size=16, crop=64, learning_rate=5e-4, images=20000,
