@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,3 +77,22 @@ def studio(studio_presets, tmp_path_factory):
     app = launch(services, Access(None), block=False)
     yield RunningStudio(url=f"http://127.0.0.1:{config.port}/", services=services, outputs=config.outputs_dir)
     app.close()
+
+
+@pytest.fixture()
+def slow_steps(monkeypatch):
+    """Every denoising step of the in-process studio takes at least 0.3 s more, so a 100-step job lasts 30 s.
+
+    The tiny test model steps in ~10 ms: a "slow" 100-step job would end in about a second, and on a busy machine
+    before a page or client could click Cancel or queue behind it, turning those tests into races they sometimes
+    lose. Cancel still has to stop the job within a step, as the tests check."""
+    from engine.pipelines.run_control import RunControl
+
+    report = RunControl.report
+
+    def report_slowly(self, step: int, total: int) -> None:
+        if step > 0:
+            time.sleep(0.3)
+        report(self, step, total)
+
+    monkeypatch.setattr(RunControl, "report", report_slowly)

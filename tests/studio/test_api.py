@@ -72,7 +72,7 @@ def test_a_failing_job_shows_why_and_the_studio_keeps_working(client):
     assert "Done" in generate(client)[1].result()[0]
 
 
-def test_cancel_stops_a_running_job_within_a_step_and_the_worker_takes_the_next(client, studio):
+def test_cancel_stops_a_running_job_within_a_step_and_the_worker_takes_the_next(client, studio, slow_steps):
     before = studio.saved()
     _, job = generate(client, width=256, height=256, steps=100, count=2)
     deadline = time.monotonic() + 60

@@ -115,7 +115,7 @@ def test_dropping_a_saved_png_fills_every_field(page, tmp_path, target):
     assert page.locator("#t2i-size input[value='96x64']").is_checked()
 
 
-def test_cancel_stops_the_run_and_the_next_one_works(page, studio):
+def test_cancel_stops_the_run_and_the_next_one_works(page, studio, slow_steps):
     before = studio.saved()
     page.fill("#t2i-prompt textarea", "a slow big picture")
     for name, value in (("width", 256), ("height", 256), ("steps", 100), ("count", 2)):
@@ -134,7 +134,7 @@ def test_cancel_stops_the_run_and_the_next_one_works(page, studio):
     assert len(studio.saved() - before) == 1
 
 
-def test_a_second_user_waits_in_the_queue_sees_the_position_and_gets_the_image(browser, page, studio):
+def test_a_second_user_waits_in_the_queue_sees_the_position_and_gets_the_image(browser, page, studio, slow_steps):
     page.fill("#t2i-prompt textarea", "the first user's slow picture")
     for name, value in (("width", 256), ("height", 256), ("steps", 100)):
         set_number(page, f"t2i-{name}", value)
