@@ -2,11 +2,12 @@
 
 Stages, in order, each writing one part of a Qwen/Qwen-Image-layout folder in the work directory:
 tokenizer (a BPE taught the world's words and the prompt templates), text_encoder (a seeded random
-Qwen2.5-VL, frozen), vae (trained on world renders, then its latents measured), cache (every training
-caption and image encoded once), transformer (trained from scratch with flow matching by engine.training),
-preview (a least-squares latent->RGB projection). Each stage writes into a temporary folder renamed into place
-when complete, so with --resume a finished stage is skipped and an unfinished one continues from its last
-checkpoint. The finished folder is then published to --out in one swap.
+Qwen2.5-VL, frozen), vae (trained on world renders, then its latents measured, or with a latent floor turned
+into its principal directions by latent_basis.py), cache (every training caption and image encoded once),
+transformer (trained from scratch with flow matching by engine.training), preview (a least-squares latent->RGB
+projection). Each stage writes into a temporary folder renamed into place when complete, so with --resume a
+finished stage is skipped and an unfinished one continues from its last checkpoint. The finished folder is
+then published to --out in one swap.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ REPORT = "report.json"
 CACHE_FILE = "cache.safetensors"
 DEFAULT_WORK_DIR = Path(".bench") / "toyworld-train"
 PSNR_IMAGES = 64
+POSTERIOR_IMAGES = 256  # renders the VAE's average posterior variance is measured on (latent_basis)
 
 
 class BuildError(EngineError):
@@ -98,15 +100,31 @@ class _Build:
             self.say(f"vae: step {step}/{total}  mse {mse:.5f}  eta {_minutes(eta)}")
 
         vae = train_vae(config, self.work / "vae", progress)
-        seeds = list(range(min(self.recipe.stats_images, config.images)))
-        mean, std = latent_statistics(vae, [config.first_seed + s for s in seeds], self.recipe.image_size)
-        vae.register_to_config(latents_mean=mean, latents_std=std)
+        seeds = [config.first_seed + s for s in range(min(self.recipe.stats_images, config.images))]
+        if self.recipe.latent_floor > 0:
+            self.fold_latent_basis(vae, seeds)
+        else:
+            mean, std = latent_statistics(vae, seeds, self.recipe.image_size)
+            vae.register_to_config(latents_mean=mean, latents_std=std)
         vae.to(_dtype(self.recipe)).save_pretrained(folder, safe_serialization=True)
         shipped = _load_vae(ResolvedComponent(Role.VAE, folder, folder))
         test_seeds = list(range(VAE_TEST_FIRST_SEED, VAE_TEST_FIRST_SEED + PSNR_IMAGES))
         psnr = reconstruction_psnr(shipped, test_seeds, self.recipe.image_size)
         self.record(vae_psnr_db=round(psnr, 2), vae_psnr_images=PSNR_IMAGES)
         self.say(f"vae: reconstruction PSNR {psnr:.2f} dB on {PSNR_IMAGES} held-out renders (as shipped)")
+
+    def fold_latent_basis(self, vae, seeds: list[int]) -> None:
+        from engine.toyworld.latent_basis import fold_latent_basis, measure_latent_basis, posterior_variance
+
+        recipe = self.recipe
+        basis = measure_latent_basis(vae, seeds, recipe.image_size, recipe.latent_floor, recipe.latent_max_gain)
+        fold_latent_basis(vae, basis, posterior_variance(vae, seeds[:POSTERIOR_IMAGES], recipe.image_size))
+        share = basis.variances / basis.variances.sum()
+        self.record(latent_direction_share=[round(v, 4) for v in share.tolist()],
+                    latent_direction_gain=[round(v, 3) for v in basis.gains.tolist()])
+        self.say("vae: latent turned into its principal directions; variance share "
+                 + " ".join(f"{v:.1%}" for v in share[:6].tolist()) + " ..., gains "
+                 + " ".join(f"{v:.2f}" for v in basis.gains[:8].tolist()) + " ...")
 
     def cache(self, path: Path) -> None:
         from engine.loading import load_text_encoder, load_tokenizer
@@ -177,8 +195,11 @@ def cache_key(recipe: Recipe) -> str:
     recipe that only changes the transformer trains on the cache an earlier build made."""
     encoder_sizes = {name: value for name, value in asdict(recipe.sizes).items()
                      if not name.startswith(("dit_", "rope_"))}
-    return json.dumps({"train_images": recipe.train_images, "image_size": recipe.image_size,
-                       "sizes": encoder_sizes, "vae": asdict(recipe.vae)}, sort_keys=True)
+    key = {"train_images": recipe.train_images, "image_size": recipe.image_size, "sizes": encoder_sizes,
+           "vae": asdict(recipe.vae)}
+    if recipe.latent_floor > 0:  # only then does the latent basis change the VAE (caches made without it stay good)
+        key.update(latent_floor=recipe.latent_floor, latent_max_gain=recipe.latent_max_gain)
+    return json.dumps(key, sort_keys=True)
 
 
 def new_transformer(recipe: Recipe) -> torch.nn.Module:

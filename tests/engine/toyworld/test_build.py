@@ -41,12 +41,27 @@ def test_every_file_of_the_qwen_image_layout_is_published_and_loads(built):
     assert list((out / "text_encoder").glob("model*.safetensors"))
     vae_config = json.loads((out / "vae" / "config.json").read_text())
     assert len(vae_config["latents_mean"]) == 16 and all(std > 0 for std in vae_config["latents_std"])
+    assert vae_config["latents_std"] != [1.0] * 16  # measured on the VAE's latents (QUICK has no latent floor)
     preview = json.loads((out / "preview.json").read_text())
     assert len(preview["factors"]) == 16 and len(preview["bias"]) == 3
     model = engine.load(out, device="cpu")
     image = model.generate("a red circle in the top left on a blue background", width=64, height=64, steps=2).images[0]
     assert image.size == (64, 64)
     assert {"vae_psnr_db", "transformer_final_loss", "total_s"} <= set(report)
+
+
+def test_a_latent_floor_makes_the_vae_stage_give_latents_in_principal_directions(tmp_path):
+    recipe = replace(QUICK, latent_floor=1.0)
+    (tmp_path / "model").mkdir()
+    messages: list[str] = []
+    run = _Build(recipe, tmp_path, messages.append)
+    run.vae(tmp_path / "model" / "vae")
+    vae_config = json.loads((tmp_path / "model" / "vae" / "config.json").read_text())
+    assert vae_config["latents_mean"] == [0.0] * 16 and vae_config["latents_std"] == [1.0] * 16
+    shares, gains = run.report["latent_direction_share"], run.report["latent_direction_gain"]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-3) and shares == sorted(shares, reverse=True)
+    assert gains[0] == 1.0 and gains == sorted(gains) and gains[-1] <= recipe.latent_max_gain
+    assert any(message.startswith("vae: latent turned into its principal directions") for message in messages)
 
 
 def test_the_published_scheduler_shifts_by_the_recipe_at_every_image_size(built):
@@ -93,7 +108,7 @@ def test_error_raised_if_the_work_folder_holds_a_run_and_resume_is_not_asked(bui
 def test_a_recipe_that_changes_only_the_transformer_keeps_the_cache():
     retrained = replace(QUICK, sizes=replace(QUICK.sizes, dit_layers=3, dit_heads=4, rope_axes=(4, 4, 8)),
                         transformer=replace(QUICK.transformer, learning_rate=2e-3, steps=99),
-                        shape_loss_emphasis=3.0)
+                        shape_loss_emphasis=3.0, latent_max_gain=2.0)  # no latent floor: the gain is unused
     assert cache_key(retrained) == cache_key(QUICK)
 
 
@@ -102,9 +117,15 @@ def test_a_recipe_that_changes_only_the_transformer_keeps_the_cache():
     replace(QUICK, sizes=replace(QUICK.sizes, vocab_size=512)),
     replace(QUICK, train_images=40),
     replace(QUICK, vae=replace(QUICK.vae, steps=5)),
+    replace(QUICK, latent_floor=0.5),
 ])
 def test_a_recipe_that_changes_what_is_encoded_makes_a_new_cache(changed):
     assert cache_key(changed) != cache_key(QUICK)
+
+
+def test_with_a_latent_floor_its_gain_cap_is_part_of_the_cache_key():
+    floored = replace(QUICK, latent_floor=1.0)
+    assert cache_key(replace(floored, latent_max_gain=2.0)) != cache_key(floored)
 
 
 def _train_stage_only(recipe, cache_from, work):
