@@ -40,7 +40,6 @@ REPORT = "report.json"
 CACHE_FILE = "cache.safetensors"
 DEFAULT_WORK_DIR = Path(".bench") / "toyworld-train"
 PSNR_IMAGES = 64
-POSTERIOR_IMAGES = 256  # renders the VAE's average posterior variance is measured on (latent_basis)
 
 
 class BuildError(EngineError):
@@ -114,11 +113,11 @@ class _Build:
         self.say(f"vae: reconstruction PSNR {psnr:.2f} dB on {PSNR_IMAGES} held-out renders (as shipped)")
 
     def fold_latent_basis(self, vae, seeds: list[int]) -> None:
-        from engine.toyworld.latent_basis import fold_latent_basis, measure_latent_basis, posterior_variance
+        from engine.toyworld.latent_basis import fold_latent_basis, measure_latent_basis
 
         recipe = self.recipe
         basis = measure_latent_basis(vae, seeds, recipe.image_size, recipe.latent_floor, recipe.latent_max_gain)
-        fold_latent_basis(vae, basis, posterior_variance(vae, seeds[:POSTERIOR_IMAGES], recipe.image_size))
+        fold_latent_basis(vae, basis)
         share = basis.variances / basis.variances.sum()
         self.record(latent_direction_share=[round(v, 4) for v in share.tolist()],
                     latent_direction_gain=[round(v, 3) for v in basis.gains.tolist()])

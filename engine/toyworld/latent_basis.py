@@ -22,19 +22,19 @@ from dataclasses import dataclass
 
 import torch
 
-from engine.toyworld.vae_training import render_batch
-from engine.training.single_frame import single_frame_convs
+from engine.toyworld.vae_training import encode_renders
 
 
 @dataclass(frozen=True)
 class LatentBasis:
-    """What fold_latent_basis was given and measured, kept for the build report and the tests."""
+    """What fold_latent_basis needs, measured on the VAE; also what the build reports and the tests check."""
 
     mean: torch.Tensor  # (C,) per-channel mean of the posterior means
     std: torch.Tensor  # (C,) per-channel std of the posterior means
     directions: torch.Tensor  # (C, C) columns: principal directions of the normalized latent, strongest first
     variances: torch.Tensor  # (C,) the variance along each direction before the gain
     gains: torch.Tensor  # (C,) what each direction is multiplied by
+    posterior_variance: torch.Tensor  # (C,) each channel's posterior variance, averaged over the renders
 
     def forward_map(self) -> torch.Tensor:
         """A with z' = A (z - mean)."""
@@ -51,60 +51,43 @@ def direction_gains(variances: torch.Tensor, floor: float, max_gain: float) -> t
     return (floor / variances.clamp_min(1e-12)).sqrt().clamp(1.0, max_gain)
 
 
-@torch.no_grad()
-def measure_latent_basis(vae, seeds: list[int], size: int, floor: float, max_gain: float,
-                         batch_size: int = 32) -> LatentBasis:
-    """Mean, std and principal directions of the posterior means over renders of the given seeds."""
-    means = []
-    with single_frame_convs(vae):
-        for start in range(0, len(seeds), batch_size):
-            means.append(vae.encode(render_batch(seeds[start:start + batch_size], size)).latent_dist.mode())
-    latents = torch.cat(means).double().transpose(0, 1).flatten(1)  # (C, positions)
+def measure_latent_basis(vae, seeds: list[int], size: int, floor: float, max_gain: float) -> LatentBasis:
+    """Mean, std, principal directions and posterior variance of the latents of renders of the given seeds."""
+    means, variances = [], []
+    for posterior in encode_renders(vae, seeds, size):
+        means.append(posterior.mode().double())
+        variances.append(posterior.var.double())
+    latents = torch.cat(means).transpose(0, 1).flatten(1)  # (C, positions)
+    posterior_variance = torch.cat(variances).transpose(0, 1).flatten(1).mean(dim=1)
     mean, std = latents.mean(dim=1), latents.std(dim=1)
     normalized = (latents - mean[:, None]) / std[:, None]
-    variances, directions = torch.linalg.eigh(torch.cov(normalized))
-    order = variances.argsort(descending=True)
-    variances, directions = variances[order], directions[:, order]
+    spread, directions = torch.linalg.eigh(torch.cov(normalized))
+    order = spread.argsort(descending=True)
+    spread, directions = spread[order], directions[:, order]
     # eigh leaves each direction's sign to the solver; pin it (largest component positive) so the files
     # a seed makes do not depend on the LAPACK build.
     signs = torch.sign(directions[directions.abs().argmax(dim=0), torch.arange(len(order))])
     directions = directions * signs[None, :]
-    return LatentBasis(mean, std, directions, variances, direction_gains(variances, floor, max_gain))
+    return LatentBasis(mean, std, directions, spread, direction_gains(spread, floor, max_gain), posterior_variance)
 
 
 @torch.no_grad()
-def posterior_variance(vae, seeds: list[int], size: int, batch_size: int = 32) -> torch.Tensor:
-    """(C,) mean posterior variance of each channel over renders of the given seeds."""
-    total, count = 0.0, 0
-    with single_frame_convs(vae):
-        for start in range(0, len(seeds), batch_size):
-            posterior = vae.encode(render_batch(seeds[start:start + batch_size], size)).latent_dist
-            total = total + posterior.var.double().sum(dim=(0, 2, 3, 4))
-            count += posterior.var[:, 0].numel()
-    return total / count
-
-
-@torch.no_grad()
-def fold_latent_basis(vae, basis: LatentBasis, channel_variance: torch.Tensor) -> None:
+def fold_latent_basis(vae, basis: LatentBasis) -> None:
     """Rewrite vae in place so its latent is basis's z'.
 
     The posterior's log-variance cannot follow a rotation exactly (a rotated diagonal Gaussian is not
-    diagonal), so it becomes a constant per channel: the variance a rotated posterior of average
-    channel_variance would have. It only matters where the pipeline samples the posterior (image-to-image),
-    and there it is about 5% of a channel's spread."""
+    diagonal), so it becomes a constant per channel: the variance a rotated posterior of the measured average
+    variance would have. It only matters where the pipeline samples the posterior (image-to-image), and there
+    it is about 5% of a channel's spread."""
     z_dim = basis.mean.shape[0]
     forward, inverse = basis.forward_map(), basis.inverse_map()
     quant, post = vae.quant_conv, vae.post_quant_conv
     dtype = quant.weight.dtype
-    weight = quant.weight.double().flatten(1)  # (2C, C): mean rows, then log-variance rows
-    bias = quant.bias.double()
-    new_weight, new_bias = weight.clone(), bias.clone()
-    new_weight[:z_dim] = forward @ weight[:z_dim]
-    new_bias[:z_dim] = forward @ (bias[:z_dim] - basis.mean)
-    new_weight[z_dim:] = 0.0
-    new_bias[z_dim:] = torch.log((forward**2) @ channel_variance.double())
-    quant.weight.copy_(new_weight.view_as(quant.weight).to(dtype))
-    quant.bias.copy_(new_bias.to(dtype))
+    mean_weight, mean_bias = quant.weight.double().flatten(1)[:z_dim], quant.bias.double()[:z_dim]
+    weight = torch.cat([forward @ mean_weight, torch.zeros_like(mean_weight)])  # mean rows, log-variance rows
+    bias = torch.cat([forward @ (mean_bias - basis.mean), torch.log((forward**2) @ basis.posterior_variance)])
+    quant.weight.copy_(weight.view_as(quant.weight).to(dtype))
+    quant.bias.copy_(bias.to(dtype))
     post_weight = post.weight.double().flatten(1)  # (C, C)
     post.bias.copy_((post_weight @ basis.mean + post.bias.double()).to(dtype))
     post.weight.copy_((post_weight @ inverse).view_as(post.weight).to(dtype))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -179,13 +179,16 @@ def psnr_from_mse(mse: float, value_range: float = 2.0) -> float:
 
 
 @torch.no_grad()
-def latent_statistics(vae, seeds: list[int], size: int, batch_size: int = 32) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of the posterior means over renders of the given seeds."""
-    latents = []
+def encode_renders(vae, seeds: list[int], size: int, batch_size: int = 32) -> Iterator:
+    """The VAE's posterior (a DiagonalGaussianDistribution) of each batch of renders of the given seeds."""
     with single_frame_convs(vae):
         for start in range(0, len(seeds), batch_size):
-            pixels = render_batch(seeds[start:start + batch_size], size)
-            latents.append(vae.encode(pixels).latent_dist.mode().float())
+            yield vae.encode(render_batch(seeds[start:start + batch_size], size)).latent_dist
+
+
+def latent_statistics(vae, seeds: list[int], size: int, batch_size: int = 32) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the posterior means over renders of the given seeds."""
+    latents = [posterior.mode().float() for posterior in encode_renders(vae, seeds, size, batch_size)]
     stacked = torch.cat(latents).transpose(0, 1).flatten(1)
     return stacked.mean(dim=1).tolist(), stacked.std(dim=1).tolist()
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.toyworld.latent_basis import (direction_gains, fold_latent_basis, measure_latent_basis,
-                                          posterior_variance)
+from engine.toyworld.latent_basis import direction_gains, fold_latent_basis, measure_latent_basis
 from engine.toyworld.recipe import Recipe
 from engine.toyworld.vae_training import VaeTrainConfig, build_vae, render_batch
 from engine.training.single_frame import single_frame_convs
@@ -21,7 +20,7 @@ def folded():
     before = build_vae(VaeTrainConfig(base_dim=8, crop=48, image_size=48, images=32)).eval()
     after = build_vae(VaeTrainConfig(base_dim=8, crop=48, image_size=48, images=32)).eval()
     basis = measure_latent_basis(before, SEEDS, SIZE, floor=1.0, max_gain=4.0)
-    fold_latent_basis(after, basis, posterior_variance(before, SEEDS, SIZE))
+    fold_latent_basis(after, basis)
     return before, after, basis
 
 
