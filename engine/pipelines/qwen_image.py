@@ -28,7 +28,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_PROMPT_TOKENS = 1024  # Qwen-Image's training length; longer prompts are cut (with a note)
-VAE_SCALE = 8
 PATCH = 2
 
 
@@ -94,6 +93,12 @@ def unpack_latents(tokens: torch.Tensor, latent_height: int, latent_width: int) 
     return latents.permute(0, 3, 1, 4, 2, 5).reshape(batch, channels, latent_height, latent_width)
 
 
+def vae_scale(vae) -> int:
+    """Pixels per latent position: 2 per downsampling stage, as diffusers' pipelines read it from the config
+    (8 for Qwen-Image's VAE; a tiny model's may downsample less)."""
+    return 2 ** len(vae.config.temperal_downsample)
+
+
 def latent_stats(modules: QwenImageModules, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The VAE's per-channel latent mean and 1/std, shaped (1, C, 1, 1, 1) like `like`: the transformer sees
     (latents - mean) * inverse_std. Trainers normalize their cached latents with the same numbers."""
@@ -129,7 +134,8 @@ def image_to_tensor(image: Image.Image, width: int, height: int) -> torch.Tensor
 def prepare_latents(modules: QwenImageModules, settings: GenerateSettings, generators: list[torch.Generator],
                     input_image: Image.Image | None, first_sigma: torch.Tensor) -> torch.Tensor:
     """Packed starting latents: pure noise, or the input image's latents noised to the first sigma."""
-    latent_height, latent_width = settings.height // VAE_SCALE, settings.width // VAE_SCALE
+    scale = vae_scale(modules.vae)
+    latent_height, latent_width = settings.height // scale, settings.width // scale
     channels = modules.transformer.config.in_channels // 4
     image_latents = None
     if input_image is not None:
@@ -170,7 +176,8 @@ def guided_velocity(modules: QwenImageModules, latents: torch.Tensor, timestep: 
 
 def decode(modules: QwenImageModules, tokens: torch.Tensor, width: int, height: int) -> torch.Tensor:
     """Packed latents -> (B, 3, H, W) pixels in [0, 1]."""
-    latents = unpack_latents(tokens, height // VAE_SCALE, width // VAE_SCALE).unsqueeze(2).to(modules.vae.dtype)
+    scale = vae_scale(modules.vae)
+    latents = unpack_latents(tokens, height // scale, width // scale).unsqueeze(2).to(modules.vae.dtype)
     mean, inverse_std = latent_stats(modules, latents)
     latents = latents / inverse_std + mean
     image = modules.vae.decode(latents, return_dict=False)[0][:, :, 0]
@@ -197,7 +204,8 @@ def generate(modules: QwenImageModules, settings: GenerateSettings, input_image:
     positive = repeat_embeddings(positive, settings.count)
     negative = repeat_embeddings(negative, settings.count) if negative is not None else None
 
-    packed_height, packed_width = settings.height // VAE_SCALE // PATCH, settings.width // VAE_SCALE // PATCH
+    tokens_across = vae_scale(modules.vae) * PATCH  # pixels per token side
+    packed_height, packed_width = settings.height // tokens_across, settings.width // tokens_across
     strength = settings.strength if input_image is not None else 1.0
     schedule = flow_match_schedule(settings.steps, modules.schedule, packed_height * packed_width, strength)
     sigmas = schedule.sigmas.to(modules.device)

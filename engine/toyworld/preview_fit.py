@@ -1,14 +1,14 @@
 """Fit the latent->RGB projection that live previews use (engine.pipelines.preview.LatentProjection).
 
-Least squares from the normalized latents (what the transformer sees) to each latent pixel's 8x8 block of
-the image, averaged, in [-1, 1]: 16 factors per color channel and a bias, written as preview.json.
+Least squares from the normalized latents (what the transformer sees) to each latent pixel's block of the image
+(8x8 for an 8x VAE), averaged, in [-1, 1]: 16 factors per color channel and a bias, written as preview.json.
 """
 
 from __future__ import annotations
 
 import torch
 
-from engine.pipelines.qwen_image import VAE_SCALE, latent_stats
+from engine.pipelines.qwen_image import latent_stats, vae_scale
 from engine.toyworld.vae_training import render_batch
 
 
@@ -21,7 +21,7 @@ def fit_preview(vae, seeds: list[int], size: int, batch_size: int = 32) -> dict[
         mean, inverse_std = latent_stats(_Modules(vae), pixels)
         latents = (vae.encode(pixels).latent_dist.mode() - mean) * inverse_std
         inputs.append(latents[:, :, 0].permute(0, 2, 3, 1).flatten(0, 2))
-        pooled = torch.nn.functional.avg_pool2d(pixels[:, :, 0], VAE_SCALE)
+        pooled = torch.nn.functional.avg_pool2d(pixels[:, :, 0], vae_scale(vae))
         targets.append(pooled.permute(0, 2, 3, 1).flatten(0, 2))
     x = torch.cat(inputs).double()
     x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)

@@ -68,6 +68,7 @@ class TinySizes:
     rope_axes: tuple[int, int, int] = (4, 6, 6)  # sums to dit_head_dim, like (16, 56, 56) sums to 128
     vae_base_dim: int = 8
     vae_res_blocks: int = 1
+    vae_downsamples: int = 3  # 2x each: Qwen-Image's VAE has 3 (8 pixels per latent position)
     z_dim: int = 16
 
 
@@ -201,6 +202,14 @@ def write_transformer(folder: Path, sizes: TinySizes, seed: int, shard_size: str
     model.save_pretrained(folder, max_shard_size=shard_size, safe_serialization=True)
 
 
+def vae_stages(downsamples: int) -> dict:
+    """AutoencoderKLQwenImage's stage arguments for `downsamples` 2x stages: Qwen-Image's channel multipliers
+    and temporal flags, cut to the stages kept (the first never downsamples in time; an image has one frame)."""
+    if downsamples not in (2, 3):
+        raise ValueError(f"downsamples: must be 2 (4x) or 3 (8x, Qwen-Image's), got {downsamples}")
+    return {"dim_mult": [1, 2, 4, 4][:downsamples + 1], "temperal_downsample": [False, True, True][:downsamples]}
+
+
 def write_vae(folder: Path, sizes: TinySizes, seed: int) -> None:
     from diffusers import AutoencoderKLQwenImage
 
@@ -210,6 +219,7 @@ def write_vae(folder: Path, sizes: TinySizes, seed: int) -> None:
         base_dim=sizes.vae_base_dim,
         z_dim=sizes.z_dim,
         num_res_blocks=sizes.vae_res_blocks,
+        **vae_stages(sizes.vae_downsamples),
         latents_mean=(torch.randn(sizes.z_dim, generator=generator) * 0.5).tolist(),
         latents_std=(1.0 + torch.rand(sizes.z_dim, generator=generator)).tolist(),
     )

@@ -83,3 +83,34 @@ def test_each_image_of_a_batch_equals_its_single_run_when_image_to_image(tiny_mo
         single = reference_img2img("a circle", image=source, strength=0.6, true_cfg_scale=1.0, width=64, height=64,
                                    num_inference_steps=6, generator=generators(seed, 1), output_type="pt").images
         assert_close(batch.pixels[index:index + 1], single)
+
+
+@pytest.fixture(scope="module")
+def four_x_repo(tmp_path_factory):
+    """The tiny repo with a VAE of two 2x stages (4 pixels per latent position), like the shapes world's."""
+    from engine.toyworld.tiny_qwen_image import TinySizes, build_tiny_qwen_image
+
+    return build_tiny_qwen_image(tmp_path_factory.mktemp("tiny-4x") / "Qwen-Image", TinySizes(vae_downsamples=2),
+                                 seed=1)
+
+
+def test_a_vae_that_downsamples_4x_gives_the_same_images_as_diffusers(four_x_repo):
+    """diffusers reads the VAE's scale from its config; so must we, or the latents get the wrong size."""
+    import engine
+    from diffusers import QwenImageImg2ImgPipeline, QwenImagePipeline
+
+    model = engine.load(four_x_repo, device="cpu")
+    pipe = QwenImagePipeline.from_pretrained(str(four_x_repo), torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    prompt = "a small green square at the bottom"
+    ours = model.generate(prompt, width=64, height=48, steps=4, cfg=4.0, negative_prompt=" ", seed=5)
+    theirs = pipe(prompt, negative_prompt=" ", true_cfg_scale=4.0, width=64, height=48, num_inference_steps=4,
+                  generator=generators(5, 1), output_type="pt").images
+    assert_close(ours.pixels, theirs)
+
+    source = Image.effect_mandelbrot((64, 64), (-2.0, -1.2, 0.8, 1.2), 40).convert("RGB")
+    ours = model.generate(prompt, input_image=source, strength=0.6, width=64, height=64, steps=6, cfg=1.0, seed=9)
+    theirs = QwenImageImg2ImgPipeline.from_pipe(pipe)(
+        prompt, image=source, strength=0.6, true_cfg_scale=1.0, width=64, height=64, num_inference_steps=6,
+        generator=generators(9, 1), output_type="pt").images
+    assert_close(ours.pixels, theirs)
