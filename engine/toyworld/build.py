@@ -225,7 +225,8 @@ def train_transformer(recipe: Recipe, work: Path, progress: Callable | None = No
         raise BuildError(f"The cache {work / CACHE_FILE} is missing or stale.",
                          "Delete it and run again with --resume.")
     if recipe.shape_loss_emphasis != 1:
-        weights = shape_loss_weights(range(len(cache)), recipe.image_size, recipe.shape_loss_emphasis)
+        weights = shape_loss_weights(range(len(cache)), recipe.image_size, recipe.shape_loss_emphasis,
+                                     recipe.vae.scale)
         cache = replace(cache, loss_weights=weights)
     config = per_process_config(recipe.transformer, recipe.transformer_processes)
     schedule = FlowMatchConfig.from_dict(recipe.scheduler_config())

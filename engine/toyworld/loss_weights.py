@@ -19,13 +19,13 @@ from engine.toyworld.world import shape_masks, sample_scene
 LATENT_FACTOR = 8  # pixels per latent position of the Qwen-Image VAE
 
 
-def shape_region(masks: Iterable[np.ndarray], image_size: int) -> torch.Tensor:
-    """(H/8, W/8) bool: latent positions covering any pixel of any mask, grown by one position all round."""
-    cells = image_size // LATENT_FACTOR
+def shape_region(masks: Iterable[np.ndarray], image_size: int, factor: int = LATENT_FACTOR) -> torch.Tensor:
+    """(H/factor, W/factor) bool: latent positions covering any pixel of any mask, grown by one position all round."""
+    cells = image_size // factor
     union = np.zeros((image_size, image_size), dtype=bool)
     for mask in masks:
         union |= mask
-    touched = torch.from_numpy(union.reshape(cells, LATENT_FACTOR, cells, LATENT_FACTOR).any(axis=(1, 3)))
+    touched = torch.from_numpy(union.reshape(cells, factor, cells, factor).any(axis=(1, 3)))
     grown = torch.nn.functional.max_pool2d(touched[None, None].float(), 3, stride=1, padding=1)[0, 0]
     return grown > 0
 
@@ -36,12 +36,14 @@ def emphasis_map(region: torch.Tensor, emphasis: float) -> torch.Tensor:
     return weights / weights.mean()
 
 
-def shape_loss_weights(seeds: Iterable[int], image_size: int, emphasis: float) -> torch.Tensor:
-    """(N, H/8, W/8) loss weights for the renders of `seeds`, in order (the cache's order)."""
-    if image_size % LATENT_FACTOR:
-        raise ValueError(f"image_size: must be a multiple of {LATENT_FACTOR}, got {image_size}")
+def shape_loss_weights(seeds: Iterable[int], image_size: int, emphasis: float, factor: int = LATENT_FACTOR
+                       ) -> torch.Tensor:
+    """(N, H/factor, W/factor) loss weights for the renders of `seeds`, in order (the cache's order); factor:
+    pixels per latent position."""
+    if image_size % factor:
+        raise ValueError(f"image_size: must be a multiple of {factor}, got {image_size}")
     if not emphasis >= 1:
         raise ValueError(f"emphasis: must be at least 1, got {emphasis}")
-    maps = [emphasis_map(shape_region(shape_masks(sample_scene(seed, image_size)), image_size), emphasis)
+    maps = [emphasis_map(shape_region(shape_masks(sample_scene(seed, image_size)), image_size, factor), emphasis)
             for seed in seeds]
     return torch.stack(maps)

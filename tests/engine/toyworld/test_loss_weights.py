@@ -28,19 +28,34 @@ def test_emphasis_map_weighs_the_region_emphasis_times_the_rest_and_averages_one
     assert torch.equal(emphasis_map(region, 1.0), torch.ones(4, 4))
 
 
-def test_weights_follow_the_training_renders_of_the_same_seeds():
-    weights = shape_loss_weights(range(5, 9), 128, 4.0)
-    assert weights.shape == (4, 16, 16)
+@pytest.mark.parametrize("factor", [8, 4], ids=["8x-vae", "4x-vae"])
+def test_weights_follow_the_training_renders_of_the_same_seeds(factor):
+    weights = shape_loss_weights(range(5, 9), 128, 4.0, factor)
+    assert weights.shape == (4, 128 // factor, 128 // factor)
     for row, seed in enumerate(range(5, 9)):
         sample = make_sample(seed, size=128)  # what the cache encodes for this seed
         heavy = weights[row] > weights[row].min()
-        assert torch.equal(heavy, shape_region(sample.masks, 128))
+        assert torch.equal(heavy, shape_region(sample.masks, 128, factor))
         for mask in sample.masks:  # every pixel of every shape lies in a heavy position
             ys, xs = np.nonzero(mask)
-            assert bool(heavy[ys // 8, xs // 8].all())
+            assert bool(heavy[ys // factor, xs // factor].all())
+        # and the ring is one latent position wide: a position two away from every shape pixel stays light
+        far = np.ones_like(heavy.numpy())
+        for mask in sample.masks:
+            ys, xs = np.nonzero(mask)
+            for dy in range(-1, 2):
+                for dx in range(-1, 2):
+                    far[np.clip(ys // factor + dy, 0, far.shape[0] - 1), np.clip(xs // factor + dx, 0, far.shape[1] - 1)] = 0
+        assert not bool(heavy[torch.from_numpy(far.astype(bool))].any())
 
 
 def test_error_raised_for_an_emphasis_below_one():
     with pytest.raises(ValueError) as caught:
         shape_loss_weights(range(2), 128, 0.5)
     assert str(caught.value) == "emphasis: must be at least 1, got 0.5"
+
+
+def test_error_raised_for_an_image_the_latent_grid_does_not_divide():
+    with pytest.raises(ValueError) as caught:
+        shape_loss_weights(range(2), 100, 2.0, 8)
+    assert str(caught.value) == "image_size: must be a multiple of 8, got 100"
