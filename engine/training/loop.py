@@ -122,6 +122,17 @@ def process_state():
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or (several and not torch.cuda.is_available()))
 
 
+def _forget_another_precision(precision: str) -> None:
+    """accelerate keeps one AcceleratorState per process and refuses an Accelerator of another mixed precision
+    ("AcceleratorState has already been initialized"); a process that trains twice (the studio, a test session)
+    may ask for bf16 after float32. The processes themselves (PartialState) stay as they are."""
+    from accelerate.state import AcceleratorState
+
+    shared = AcceleratorState._shared_state
+    if shared and str(shared.get("_mixed_precision", precision)) != precision:
+        AcceleratorState._reset_state()
+
+
 def step_generator(config: TrainConfig, step: int, process: int = 0) -> torch.Generator:
     """The generator of a step's noise, noise levels and caption dropout (drawn for the global batch, so the
     loop asks for process 0 on every process)."""
@@ -181,6 +192,7 @@ def train(transformer: torch.nn.Module, cache: TrainingCache | BatchSource, conf
     source: BatchSource = SingleCache(cache) if isinstance(cache, TrainingCache) else cache
     # The last block's text-stream output is discarded by the model, so its text weights (and their LoRA) get no
     # gradient; DDP must be told to expect that, or it waits for them and fails on the next step.
+    _forget_another_precision(config.mixed_precision)
     accelerator = Accelerator(mixed_precision=config.mixed_precision,
                               gradient_accumulation_steps=config.gradient_accumulation,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])

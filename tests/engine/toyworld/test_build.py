@@ -153,6 +153,23 @@ def test_two_worker_processes_train_what_one_process_trains(built, tmp_path):
     assert state["state"]["processes"] == 2 and state["state"]["config"]["batch_size"] == 4
 
 
+def test_the_transformer_stage_in_bf16_autocast_follows_the_float32_run(built, tmp_path):
+    """The shipped recipe trains in bf16 autocast (float32 weights); from the same start and batches its first
+    steps must move the weights the way float32 does, only less precisely."""
+    root, _, _ = built
+    short = replace(QUICK, transformer=replace(QUICK.transformer, steps=4, checkpoint_every=4, log_every=2))
+    exact, _ = _train_stage_only(short, root / "work", tmp_path / "fp32")
+    mixed, _ = _train_stage_only(replace(short, transformer=replace(short.transformer, mixed_precision="bf16")),
+                                 root / "work", tmp_path / "bf16")
+    initial = new_transformer(short).state_dict()
+    assert all(mixed[key].dtype == torch.float32 for key in mixed)
+    moved_exact = torch.cat([(exact[key] - initial[key]).flatten() for key in initial])
+    moved_mixed = torch.cat([(mixed[key] - initial[key]).flatten() for key in initial])
+    assert moved_mixed.norm() > 0
+    assert torch.nn.functional.cosine_similarity(moved_mixed, moved_exact, dim=0) > 0.95
+    assert not torch.equal(moved_mixed, moved_exact)  # autocast did run in bf16
+
+
 def test_a_failing_worker_process_is_reported_with_its_error(tmp_path):
     (tmp_path / "model").mkdir()
     recipe = replace(QUICK, transformer_processes=2)
