@@ -17,6 +17,7 @@ from engine.toyworld.build import CACHE_FILE, BuildError, _Build, build, cache_k
 from engine.toyworld.parallel_training import ParallelTrainingError
 from engine.training.loop import trained_weights
 from engine.toyworld.recipe import QUICK, Recipe
+from engine.training.caching import TrainingCache
 
 LAYOUT = [
     "model_index.json", "preview.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
@@ -62,6 +63,18 @@ def test_a_latent_floor_makes_the_vae_stage_give_latents_in_principal_directions
     assert sum(shares) == pytest.approx(1.0, abs=1e-3) and shares == sorted(shares, reverse=True)
     assert gains[0] == 1.0 and gains == sorted(gains) and gains[-1] <= recipe.latent_max_gain
     assert any(message.startswith("vae: latent turned into its principal directions") for message in messages)
+
+
+def test_a_recipe_with_a_4x_vae_builds_a_model_that_draws_at_its_scale(tmp_path):
+    recipe = replace(QUICK, vae=replace(QUICK.vae, downsamples=2),
+                     transformer=replace(QUICK.transformer, steps=4, checkpoint_every=4, log_every=2))
+    build(recipe, tmp_path / "out", tmp_path / "work", say=lambda message: None)
+    vae_config = json.loads((tmp_path / "out" / "vae" / "config.json").read_text())
+    assert vae_config["temperal_downsample"] == [False, True] and vae_config["dim_mult"] == [1, 2, 4]
+    cache = TrainingCache.load(tmp_path / "work" / CACHE_FILE, cache_key(recipe))
+    assert cache.latents.shape[-2:] == (32, 32)  # 128-pixel renders, 4 pixels per latent position
+    model = engine.load(tmp_path / "out", device="cpu")
+    assert model.generate("a red circle", width=64, height=48, steps=2).images[0].size == (64, 48)
 
 
 def test_the_published_scheduler_shifts_by_the_recipe_at_every_image_size(built):
