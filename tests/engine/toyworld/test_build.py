@@ -15,9 +15,9 @@ import engine
 from engine.schedulers.flow_match import FlowMatchConfig, dynamic_shift_mu
 from engine.toyworld.build import CACHE_FILE, BuildError, _Build, build, cache_key, new_transformer
 from engine.toyworld.parallel_training import ParallelTrainingError
+from engine.training.caching import TrainingCache
 from engine.training.loop import trained_weights
 from engine.toyworld.recipe import QUICK, Recipe
-from engine.training.caching import TrainingCache
 
 LAYOUT = [
     "model_index.json", "preview.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
@@ -167,8 +167,8 @@ def test_two_worker_processes_train_what_one_process_trains(built, tmp_path):
 
 
 def test_the_transformer_stage_in_bf16_autocast_follows_the_float32_run(built, tmp_path):
-    """The shipped recipe trains in bf16 autocast (float32 weights); from the same start and batches its first
-    steps must move the weights the way float32 does, only less precisely."""
+    """A recipe may train in bf16 autocast (float32 weights; 1.3x to 1.8x faster per step on a CPU with bf16
+    instructions); from the same start and batches its first steps must move the weights as float32 does."""
     root, _, _ = built
     short = replace(QUICK, transformer=replace(QUICK.transformer, steps=4, checkpoint_every=4, log_every=2))
     exact, _ = _train_stage_only(short, root / "work", tmp_path / "fp32")
