@@ -129,7 +129,7 @@ def _forget_another_precision(precision: str) -> None:
     from accelerate.state import AcceleratorState
 
     shared = AcceleratorState._shared_state
-    if shared and str(shared.get("_mixed_precision", precision)) != precision:
+    if shared and shared.get("_mixed_precision", precision) != precision:
         AcceleratorState._reset_state()
 
 
@@ -190,9 +190,9 @@ def train(transformer: torch.nn.Module, cache: TrainingCache | BatchSource, conf
     output_dir = Path(output_dir)
     process_state()
     source: BatchSource = SingleCache(cache) if isinstance(cache, TrainingCache) else cache
+    _forget_another_precision(config.mixed_precision)
     # The last block's text-stream output is discarded by the model, so its text weights (and their LoRA) get no
     # gradient; DDP must be told to expect that, or it waits for them and fails on the next step.
-    _forget_another_precision(config.mixed_precision)
     accelerator = Accelerator(mixed_precision=config.mixed_precision,
                               gradient_accumulation_steps=config.gradient_accumulation,
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
