@@ -41,11 +41,12 @@ class Recipe:
     # while small triangles, unseen meanwhile, turned into circles (39 of 40). Mixed into the full data instead (4
     # more copies, 2,500 steps), they drew 7 of 40 and kept triangles (37 of 40), but the held-out score's class
     # stayed 66.5% (squares 32%); 4,000 more steps of that mix lifted it to 76.4% (squares 46%, triangles 98%) with
-    # every other figure as good or better (color 94.6%, position 96.3%, two shapes 78.9%, IoU 0.891). So the lever
-    # is oversampling small shapes for many more steps: 15,500 in all is beyond the 2-hour build in float32, within
-    # it perhaps in bf16 autocast (1.3x), and not yet at 80%. A VAE whose decoder learned from blurred and noised
-    # latents (half of each batch) did not become blur-proof (9 of 40 squares after the blur) and lost clean ones
-    # (29 of 40 against 36; PSNR 29.0 dB).
+    # every other figure as good or better (color 94.6%, position 96.3%, two shapes 78.9%, IoU 0.891). No control
+    # yet (the same 6,500 steps, with their two learning-rate restarts, on the plain data), though plain extra
+    # steps did little before (below). So the lever looks like oversampling small shapes for many more steps:
+    # 15,500 in all is beyond the 2-hour build in float32, within it perhaps in bf16 autocast (1.3x), and not yet
+    # at 80%. A VAE whose decoder learned from blurred and noised latents (half of each batch) did not become blur-
+    # proof (9 of 40 squares after the blur) and lost clean ones (29 of 40 against 36; PSNR 29.0 dB).
     # Width is bounded by the 2-hour build, not by the 25 MB budget: 6 heads (width 192, 8.2M parameters)
     # step 1.8x slower, so the same wall time gives 4,800 steps, and that build scored class 40% and color 72%
     # against this one's 67% and 93% (this width at 4,500 steps: class 42%). The shipped width has converged:
