@@ -204,8 +204,8 @@ def generate(modules: QwenImageModules, settings: GenerateSettings, input_image:
     positive = repeat_embeddings(positive, settings.count)
     negative = repeat_embeddings(negative, settings.count) if negative is not None else None
 
-    tokens_across = vae_scale(modules.vae) * PATCH  # pixels per token side
-    packed_height, packed_width = settings.height // tokens_across, settings.width // tokens_across
+    pixels_per_token = vae_scale(modules.vae) * PATCH  # along each side
+    packed_height, packed_width = settings.height // pixels_per_token, settings.width // pixels_per_token
     strength = settings.strength if input_image is not None else 1.0
     schedule = flow_match_schedule(settings.steps, modules.schedule, packed_height * packed_width, strength)
     sigmas = schedule.sigmas.to(modules.device)

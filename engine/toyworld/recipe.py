@@ -30,23 +30,6 @@ class Recipe:
         text_hidden=64, text_layers=2, text_heads=4, text_kv_heads=2, vocab_size=1024,
         dit_layers=6, dit_heads=4, dit_head_dim=32, rope_axes=(8, 12, 12),
     )  # the VAE's sizes are in `vae`
-    # Why small squares come out round (their class is what holds shape class at 67%): the transformer's latents
-    # act like low-passed ones. One 3x3 binomial blur of a real small square's latent makes the shipped VAE draw a
-    # circle (37 of 40), while noise of 0.2 latent std keeps it square (31 of 40); and the latents generated for
-    # "small square" and "small circle" prompts are not linearly separable (5-fold CV 0.51 on 60 pairs). Not fixed
-    # by shifting the training's attention: 1,000-step fine-tunes of the shipped weights drew 1, 4, 1 and 3 of 40
-    # small squares (shipped: 0) with loss emphasis 20 on small shapes, noise levels centred on sigma 0.4, an added
-    # high-pass loss term, and training on nothing but the 2,221 single small squares and circles. It is learnable
-    # but slow: 2,500 steps of only those drew 10 of 40 (median fill 0.79 -> 0.84 -> 0.88, a true square's 1.0)
-    # while small triangles, unseen meanwhile, turned into circles (39 of 40). Mixed into the full data instead (4
-    # more copies, 2,500 steps), they drew 7 of 40 and kept triangles (37 of 40), but the held-out score's class
-    # stayed 66.5% (squares 32%); 4,000 more steps of that mix lifted it to 76.4% (squares 46%, triangles 98%) with
-    # every other figure as good or better (color 94.6%, position 96.3%, two shapes 78.9%, IoU 0.891). No control
-    # yet (the same 6,500 steps, with their two learning-rate restarts, on the plain data), though plain extra
-    # steps did little before (below). So the lever looks like oversampling small shapes for many more steps:
-    # 15,500 in all is beyond the 2-hour build in float32, within it perhaps in bf16 autocast (1.3x), and not yet
-    # at 80%. A VAE whose decoder learned from blurred and noised latents (half of each batch) did not become blur-
-    # proof (9 of 40 squares after the blur) and lost clean ones (29 of 40 against 36; PSNR 29.0 dB).
     # Width is bounded by the 2-hour build, not by the 25 MB budget: 6 heads (width 192, 8.2M parameters)
     # step 1.8x slower, so the same wall time gives 4,800 steps, and that build scored class 40% and color 72%
     # against this one's 67% and 93% (this width at 4,500 steps: class 42%). The shipped width has converged:
@@ -54,6 +37,23 @@ class Recipe:
     # limit: batches of 32 for 16,000 steps (85 min against 81) scored class 68.2%, color 93.8%. What stays
     # wrong is small squares: both models draw them as the same soft blob as small circles (large squares are
     # crisp), and that blob's fill (~0.78) is a circle's.
+    # Why: the transformer's latents act like low-passed ones. One 3x3 binomial blur of a real small square's
+    # latent makes the shipped VAE draw a circle (37 of 40), while noise of 0.2 latent std keeps it square (31 of
+    # 40); and the latents generated for "small square" and "small circle" prompts are not linearly separable
+    # (5-fold CV 0.51 on 60 pairs). Not fixed by shifting the training's attention: 1,000-step fine-tunes of the
+    # shipped weights drew 1, 4, 1 and 3 of 40 small squares (shipped: 0) with loss emphasis 20 on small shapes,
+    # noise levels centred on sigma 0.4, an added high-pass loss term, and training on nothing but the 2,221 single
+    # small squares and circles. It is learnable but slow: 2,500 steps of only those drew 10 of 40 (median fill
+    # 0.79 -> 0.84 -> 0.88, a true square's 1.0) while small triangles, unseen meanwhile, turned into circles (39
+    # of 40). Mixed into the full data instead (4 more copies, 2,500 steps), they drew 7 of 40 and kept triangles
+    # (37 of 40), but the held-out score's class stayed 66.5% (squares 32%); 4,000 more steps of that mix lifted it
+    # to 76.4% (squares 46%, triangles 98%) with every other figure as good or better (color 94.6%, position 96.3%,
+    # two shapes 78.9%, IoU 0.891). No control yet (the same 6,500 steps, with their two learning-rate restarts, on
+    # the plain data), though plain extra steps did little before (above). So the lever looks like oversampling
+    # small shapes for many more steps: 15,500 in all is beyond the 2-hour build in float32, within it perhaps in
+    # bf16 autocast (1.3x), and not yet at 80%. A VAE whose decoder learned from blurred and noised latents (half
+    # of each batch) did not become blur-proof (9 of 40 squares after the blur) and lost clean ones (29 of 40
+    # against 36; PSNR 29.0 dB).
     # Qwen-Image's 8x VAE. With vae.downsamples=2 (4x) a small shape spans 2.6 tokens across, not 1.3, and the
     # VAE reconstructs better (PSNR 32.96 dB against 29.61; small squares read as squares in 100% of held-out
     # reconstructions against 93%), but the transformer, at 4x the tokens, had to train on batches of 32 in bf16
