@@ -28,6 +28,7 @@ from engine.presets import Role
 from engine.schedulers.flow_match import FlowMatchConfig
 from engine.sources import ResolvedComponent
 from engine.toyworld.loss_weights import shape_loss_weights
+from engine.toyworld.oversampling import oversampled_order
 from engine.toyworld.parallel_training import per_process_config, train_in_processes
 from engine.toyworld.recipe import VAE_TEST_FIRST_SEED, Recipe
 from engine.toyworld.tiny_qwen_image import MODEL_INDEX, train_tokenizer, write_text_encoder
@@ -228,6 +229,9 @@ def train_transformer(recipe: Recipe, work: Path, progress: Callable | None = No
         weights = shape_loss_weights(range(len(cache)), recipe.image_size, recipe.shape_loss_emphasis,
                                      recipe.vae.scale)
         cache = replace(cache, loss_weights=weights)
+    if recipe.oversample_repeats:
+        cache = cache.take(oversampled_order(range(len(cache)), recipe.image_size, recipe.oversampled_shapes,
+                                             recipe.oversample_repeats))
     config = per_process_config(recipe.transformer, recipe.transformer_processes)
     schedule = FlowMatchConfig.from_dict(recipe.scheduler_config())
     train(new_transformer(recipe), cache, config, schedule, work / "transformer", progress)

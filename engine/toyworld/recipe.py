@@ -14,6 +14,7 @@ from engine.training.config import LrSchedule, TimestepSampling, TrainConfig
 from engine.toyworld.parallel_training import per_process_config
 from engine.toyworld.tiny_qwen_image import QWEN_IMAGE_SCHEDULER_CONFIG, TinySizes
 from engine.toyworld.vae_training import VaeTrainConfig
+from engine.toyworld.vocabulary import Shape
 
 HELD_OUT_FIRST_SEED = 1_000_000
 VAE_TEST_FIRST_SEED = 2_000_000
@@ -83,6 +84,10 @@ class Recipe:
     # How much more the latent positions on and around a shape count in the transformer's loss than the
     # background (engine/toyworld/loss_weights.py); 1 is plain MSE.
     shape_loss_emphasis: float = 5.0
+    # Renders whose one shape is small and of these classes are drawn oversample_repeats more times per pass
+    # over the data (engine/toyworld/oversampling.py); 0 draws every render equally often.
+    oversample_repeats: int = 0
+    oversampled_shapes: tuple[Shape, ...] = (Shape.SQUARE, Shape.CIRCLE)
     # The noise-level shift the transformer trains with and the shipped scheduler config samples with (a
     # constant mu = ln(shift) instead of Qwen-Image's resolution-dependent one, which gives 1.63 at 64 tokens).
     # The world's latents are very redundant (PCA: 3 to 5 of 16 channels carry nearly everything), so an
@@ -107,6 +112,9 @@ class Recipe:
             raise ValueError(f"latent_max_gain: must be at least 1, got {self.latent_max_gain}")
         if not self.shape_loss_emphasis >= 1:
             raise ValueError(f"shape_loss_emphasis: must be at least 1, got {self.shape_loss_emphasis}")
+        if self.oversample_repeats < 0:
+            raise ValueError(f"oversample_repeats: must be 0 or more, got {self.oversample_repeats}")
+        object.__setattr__(self, "oversampled_shapes", tuple(Shape(s) for s in self.oversampled_shapes))
         if self.image_size % 16:
             raise ValueError(f"image_size: must be a multiple of 16, got {self.image_size}")
         for name in ("train_images", "tokenizer_captions", "stats_images", "transformer_processes"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,17 @@ class TrainingCache:
 
     def __len__(self) -> int:
         return self.latents.shape[0]
+
+    def take(self, indices: Sequence[int] | torch.Tensor) -> TrainingCache:
+        """The examples at `indices`, in that order; an index given twice makes the example twice as likely to
+        be drawn (how a recipe oversamples the examples its model finds hard)."""
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= len(self)):
+            raise IndexError(f"cache: indices must lie in 0 .. {len(self) - 1}, got {int(indices.min())} .. "
+                             f"{int(indices.max())}")
+        weights = None if self.loss_weights is None else self.loss_weights[indices]
+        return replace(self, latents=self.latents[indices], embeds=self.embeds[indices],
+                       lengths=self.lengths[indices], loss_weights=weights)
 
     def text_batch(self, indices: torch.Tensor, dropped: torch.Tensor | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -174,3 +174,25 @@ def test_the_copies_of_a_repeated_image_carry_its_loss_weights(encoders, tmp_pat
         assert torch.equal(cache.loss_weights[row, :, :4], torch.full((8, 4), 2.0))
         assert torch.equal(cache.loss_weights[row, :, 4:], torch.zeros(8, 4))
     assert torch.equal(cache.loss_weights[2:], torch.ones(2, 8, 8))
+
+
+def test_take_returns_the_examples_at_the_indices_in_order_with_repeats(shapes_cache):
+    from dataclasses import replace
+
+    weights = torch.rand(32, 8, 8, generator=torch.Generator().manual_seed(3))
+    weighted = replace(shapes_cache, loss_weights=weights)
+    taken = weighted.take([5, 0, 5, 31])
+    assert len(taken) == 4
+    for row, source in enumerate([5, 0, 5, 31]):
+        assert torch.equal(taken.latents[row], weighted.latents[source])
+        assert torch.equal(taken.embeds[row], weighted.embeds[source])
+        assert taken.lengths[row] == weighted.lengths[source]
+        assert torch.equal(taken.loss_weights[row], weights[source])
+    assert taken.key == weighted.key and taken.empty_embeds is weighted.empty_embeds
+    assert shapes_cache.take([1, 2]).loss_weights is None
+
+
+def test_take_refuses_an_index_outside_the_cache(shapes_cache):
+    with pytest.raises(IndexError) as caught:
+        shapes_cache.take([0, 32])
+    assert str(caught.value) == "cache: indices must lie in 0 .. 31, got 0 .. 32"
