@@ -33,9 +33,9 @@ class Recipe:
     )  # the VAE's sizes are in `vae`
     # Width is bounded by the 2-hour build, not by the 25 MB budget: 6 heads (width 192, 8.2M parameters)
     # step 1.8x slower, so the same wall time gives 4,800 steps, and that build scored class 40% and color 72%
-    # against this one's 67% and 93% (this width at 4,500 steps: class 42%). The shipped width has converged:
-    # 1,000 more steps from its weights leave class at 66.5%, and neither the step count nor the batch is the
-    # limit: batches of 32 for 16,000 steps (85 min against 81) scored class 68.2%, color 93.8%. What stays
+    # against this one's 67% and 93% (this width at 4,500 steps: class 42%). The shipped width looked converged
+    # (1,000 more steps from its weights leave class at 66.5%), but 6,500 more in two learning-rate restarts reach
+    # 77.3% (below); batches of 32 for 16,000 steps (85 min against 81) scored class 68.2%, color 93.8%. What stays
     # wrong is small squares: both models draw them as the same soft blob as small circles (large squares are
     # crisp), and that blob's fill (~0.78) is a circle's.
     # Why: the transformer's latents act like low-passed ones. One 3x3 binomial blur of a real small square's
@@ -49,17 +49,16 @@ class Recipe:
     # of 40). Mixed into the full data instead (4 more copies, 2,500 steps), they drew 7 of 40 and kept triangles
     # (37 of 40), but the held-out score's class stayed 66.5% (squares 32%); 4,000 more steps of that mix lifted it
     # to 76.4% (squares 46%, triangles 98%) with every other figure as good or better (color 94.6%, position 96.3%,
-    # two shapes 78.9%, IoU 0.891). No control yet (the same 6,500 steps, with their two learning-rate restarts, on
-    # the plain data), though plain extra steps did little before (above). So the lever looks like oversampling
-    # small shapes for many more steps: 15,500 in all is beyond the 2-hour build in float32, within it perhaps in
-    # bf16 autocast (1.3x), and not yet at 80%. Built from scratch that way (oversample_repeats=4, so 8,884 of
-    # 28,884 draws are lone small squares or circles; 14,000 steps in bf16 autocast, 87 min of transformer, the
-    # shipped VAE and cache), it scored class 69.8% (squares 38%, triangles 85%, small shapes 57%) but color
-    # 85.1%, under its target (three-shape prompts 74.6%); at 5,000 / 10,000 steps class 36.8 / 63.2%, color
-    # 73.1 / 83.5%. Which of bf16 and the smaller share of full-data draws (69%, so ~9,700 steps' worth, about the
-    # shipped 9,000) costs the color is not separated, so oversample_repeats stays 0. A VAE whose decoder learned from blurred and noised latents (half
-    # of each batch) did not become blur-proof (9 of 40 squares after the blur) and lost clean ones (29 of 40
-    # against 36; PSNR 29.0 dB).
+    # two shapes 78.9%, IoU 0.891). The control, the same 6,500 steps with the same two learning-rate restarts on
+    # the plain data, did as well or better: class 68.6% after 2,500, then 77.3% (squares 46%, triangles 95%),
+    # color 96.3%, position 98.3%, two shapes 84.2%, IoU 0.898. So the lever was the longer training, not the
+    # oversampling. Built from scratch with oversampling anyway (oversample_repeats=4, so 8,884 of 28,884 draws
+    # are lone small squares or circles; 14,000 steps in bf16 autocast, 87 min of transformer, the shipped VAE
+    # and cache), it scored class 69.8% (squares 38%) but color 85.1%, under its target; at 5,000 / 10,000 steps
+    # class 36.8 / 63.2%, color 73.1 / 83.5%. Which of bf16, the oversampling and the single cosine (no restart)
+    # cost the color is not separated, so oversample_repeats stays 0. A VAE whose decoder learned from blurred
+    # and noised latents (half of each batch) did not become blur-proof (9 of 40 squares after the blur) and lost
+    # clean ones (29 of 40 against 36; PSNR 29.0 dB).
     # Qwen-Image's 8x VAE. With vae.downsamples=2 (4x) a small shape spans 2.6 tokens across, not 1.3, and the
     # VAE reconstructs better (PSNR 32.96 dB against 29.61; small squares read as squares in 100% of held-out
     # reconstructions against 93%), but the transformer, at 4x the tokens, had to train on batches of 32 in bf16
