@@ -179,13 +179,12 @@ def build_cache(encoders: Encoders, examples: Sequence[Example], key: str = "", 
     embeds, lengths = encode_captions(encoders, images.captions, batch_size * 2, report("text"))
     empty = encode_captions(encoders, [EMPTY_PROMPT])[0]
     weights = masked_loss_weights(images.masks, latents.shape[-2:]) if any(images.masks) else None
-    if len(distinct) < len(examples):
-        row_of = {index: row for row, index in enumerate(distinct)}
-        rows = torch.tensor([row_of[first] for first in firsts])
-        latents, embeds, lengths = latents[rows], embeds[rows], lengths[rows]
-        weights = weights[rows] if weights is not None else None
-    return TrainingCache(latents=latents, embeds=embeds, lengths=lengths, empty_embeds=empty, key=key,
-                         loss_weights=weights)
+    cache = TrainingCache(latents=latents, embeds=embeds, lengths=lengths, empty_embeds=empty, key=key,
+                          loss_weights=weights)
+    if len(distinct) == len(examples):
+        return cache
+    row_of = {index: row for row, index in enumerate(distinct)}
+    return cache.take([row_of[first] for first in firsts])
 
 
 def first_occurrences(examples: Sequence[Example]) -> list[int]:
