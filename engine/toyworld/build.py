@@ -157,11 +157,12 @@ class _Build:
                                self.transformer_progress)
         else:
             train_transformer(self.recipe, self.work, self.transformer_progress)
+        last_run = transformer_run_folders(self.recipe, self.work)[-1]
         transformer = new_transformer(self.recipe)
-        transformer.load_state_dict(trained_weights(self.work / "transformer",
-                                                    use_ema=self.recipe.transformer.ema_decay > 0))
+        transformer.load_state_dict(trained_weights(last_run,
+                                                    use_ema=self.recipe.transformer_runs()[-1].ema_decay > 0))
         transformer.to(_dtype(self.recipe)).save_pretrained(folder, max_shard_size="10MB", safe_serialization=True)
-        losses = Logbook(self.work / "transformer" / LOSS_LOG).read()
+        losses = Logbook(last_run / LOSS_LOG).read()
         self.record(transformer_final_loss=losses[-1]["loss"])
 
     def transformer_progress(self, report) -> None:
@@ -215,11 +216,13 @@ def new_transformer(recipe: Recipe) -> torch.nn.Module:
 
 
 def train_transformer(recipe: Recipe, work: Path, progress: Callable | None = None) -> None:
-    """The transformer stage's training, from the cache to checkpoints in work/transformer. It runs in this
-    process, or in each of recipe.transformer_processes workers (engine/toyworld/parallel_training.py), which
-    then share every batch of recipe.transformer.batch_size between them."""
+    """The transformer stage's training, from the cache to checkpoints in work/transformer (and for each
+    restart, work/transformer-restart-N). It runs in this process, or in each of recipe.transformer_processes
+    workers (engine/toyworld/parallel_training.py), which then share every batch of recipe.transformer.batch_size
+    between them. A resumed build finds each run's checkpoints: finished runs return at once, the unfinished one
+    continues."""
     from engine.training.caching import TrainingCache
-    from engine.training.loop import train
+    from engine.training.loop import train, trained_weights
 
     cache = TrainingCache.load(work / CACHE_FILE, cache_key(recipe))
     if cache is None:
@@ -232,9 +235,39 @@ def train_transformer(recipe: Recipe, work: Path, progress: Callable | None = No
     if recipe.oversample_repeats:
         cache = cache.take(oversampled_order(range(len(cache)), recipe.image_size, recipe.oversampled_shapes,
                                              recipe.oversample_repeats))
-    config = per_process_config(recipe.transformer, recipe.transformer_processes)
     schedule = FlowMatchConfig.from_dict(recipe.scheduler_config())
-    train(new_transformer(recipe), cache, config, schedule, work / "transformer", progress)
+    runs = recipe.transformer_runs()
+    folders = transformer_run_folders(recipe, work)
+    done_before = 0
+    for index, config in enumerate(runs):
+        transformer = new_transformer(recipe)
+        if index:  # a restart begins where the last run ended
+            transformer.load_state_dict(trained_weights(folders[index - 1], use_ema=runs[index - 1].ema_decay > 0))
+        train(transformer, cache, per_process_config(config, recipe.transformer_processes), schedule,
+              folders[index], _across_runs(progress, runs, done_before))
+        done_before += config.steps
+
+
+def transformer_run_folders(recipe: Recipe, work: Path) -> list[Path]:
+    """Where each of the transformer's training runs keeps its checkpoints: work/transformer for the first,
+    work/transformer-restart-N for restart N."""
+    return [work / "transformer"] + [work / f"transformer-restart-{n}"
+                                     for n in range(1, len(recipe.transformer_restarts) + 1)]
+
+
+def _across_runs(progress: Callable | None, runs: list, done_before: int) -> Callable | None:
+    """A run's progress reports restated as steps of all the runs together, the time left included."""
+    if progress is None:
+        return None
+    total = sum(config.steps for config in runs)
+
+    def report(run_progress):
+        step = done_before + run_progress.step
+        left_in_run = run_progress.total - run_progress.step
+        per_step = run_progress.eta_s / left_in_run if left_in_run else 0.0
+        progress(replace(run_progress, step=step, total=total, eta_s=per_step * (total - step)))
+
+    return report
 
 
 def _load_vae(component: ResolvedComponent):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from engine.errors import SettingsError
 from engine.training.config import LrSchedule, TimestepSampling, TrainConfig
 from engine.toyworld.parallel_training import per_process_config
 from engine.toyworld.tiny_qwen_image import QWEN_IMAGE_SCHEDULER_CONFIG, TinySizes
@@ -18,6 +19,19 @@ from engine.toyworld.vocabulary import Shape
 
 HELD_OUT_FIRST_SEED = 1_000_000
 VAE_TEST_FIRST_SEED = 2_000_000
+
+
+@dataclass(frozen=True)
+class Restart:
+    """A learning-rate restart of the transformer's training: a further run of `steps` steps that starts from the
+    previous run's weights (its EMA copy when it kept one) with a fresh optimizer, a warmup to learning_rate and
+    its own cosine down to min_lr_ratio. Every other setting is the recipe's `transformer` config."""
+
+    steps: int
+    learning_rate: float
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    ema_decay: float = 0.995
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,9 @@ class Recipe:
     # over the data (engine/toyworld/oversampling.py); 0 draws every render equally often.
     oversample_repeats: int = 0
     oversampled_shapes: tuple[Shape, ...] = (Shape.SQUARE, Shape.CIRCLE)
+    # Further runs of the transformer's training after `transformer`, each from the last one's EMA weights
+    # (engine/toyworld/build.py trains them in work/transformer-restart-1, -2, ...).
+    transformer_restarts: tuple[Restart, ...] = ()
     # The noise-level shift the transformer trains with and the shipped scheduler config samples with (a
     # constant mu = ln(shift) instead of Qwen-Image's resolution-dependent one, which gives 1.63 at 64 tokens).
     # The world's latents are very redundant (PCA: 3 to 5 of 16 channels carry nearly everything), so an
@@ -124,7 +141,22 @@ class Recipe:
         for name in ("train_images", "tokenizer_captions", "stats_images", "transformer_processes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: must be at least 1, got {getattr(self, name)}")
+        object.__setattr__(self, "transformer_restarts", tuple(self.transformer_restarts))
         per_process_config(self.transformer, self.transformer_processes)  # raises when the batch does not split
+        for index, restart in enumerate(self.transformer_restarts):
+            try:
+                self._restart_config(restart)
+            except SettingsError as error:
+                raise ValueError(f"transformer_restarts[{index}]: {error}") from error
+
+    def transformer_runs(self) -> list[TrainConfig]:
+        """The transformer's training runs in order: `transformer`, then one config per restart."""
+        return [self.transformer] + [self._restart_config(restart) for restart in self.transformer_restarts]
+
+    def _restart_config(self, restart: Restart) -> TrainConfig:
+        return replace(self.transformer, steps=restart.steps, learning_rate=restart.learning_rate,
+                       warmup_steps=restart.warmup_steps, min_lr_ratio=restart.min_lr_ratio,
+                       ema_decay=restart.ema_decay, lr_schedule=LrSchedule.COSINE)
 
     def scheduler_config(self) -> dict:
         """Qwen-Image's scheduler config with the shift fixed at sampling_shift for every image size."""

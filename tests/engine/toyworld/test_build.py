@@ -17,7 +17,7 @@ from engine.toyworld.build import CACHE_FILE, BuildError, _Build, build, cache_k
 from engine.toyworld.parallel_training import ParallelTrainingError
 from engine.training.caching import TrainingCache
 from engine.training.loop import trained_weights
-from engine.toyworld.recipe import QUICK, Recipe
+from engine.toyworld.recipe import QUICK, Recipe, Restart
 
 LAYOUT = [
     "model_index.json", "preview.json", "scheduler/scheduler_config.json", "text_encoder/config.json",
@@ -181,6 +181,76 @@ def test_the_transformer_stage_in_bf16_autocast_follows_the_float32_run(built, t
     assert moved_mixed.norm() > 0
     assert torch.nn.functional.cosine_similarity(moved_mixed, moved_exact, dim=0) > 0.95
     assert not torch.equal(moved_mixed, moved_exact)  # autocast did run in bf16
+
+
+def test_a_restart_trains_on_from_the_last_runs_ema_weights_with_its_own_schedule(built, tmp_path, monkeypatch):
+    import engine.training.loop as loop
+
+    root, _, _ = built
+    recipe = replace(QUICK, transformer=replace(QUICK.transformer, steps=4, checkpoint_every=4, log_every=2),
+                     transformer_restarts=(Restart(steps=3, learning_rate=5e-4, warmup_steps=1, ema_decay=0.5),))
+    calls = []
+    real_train = loop.train
+
+    def spy(transformer, cache, config, schedule, output_dir, progress=None, **kwargs):
+        calls.append(({k: v.clone() for k, v in transformer.state_dict().items()}, config, output_dir))
+        return real_train(transformer, cache, config, schedule, output_dir, progress, **kwargs)
+
+    monkeypatch.setattr(loop, "train", spy)
+    _, messages = _train_stage_only(recipe, root / "work", tmp_path)
+    work = tmp_path
+    first_run = trained_weights(work / "transformer")
+    assert [output_dir for _, _, output_dir in calls] == [work / "transformer", work / "transformer-restart-1"]
+    first_start, _, _ = calls[0]
+    restart_start, restart_config, _ = calls[1]
+    initial = new_transformer(recipe).state_dict()
+    assert all(torch.equal(first_start[key], initial[key]) for key in initial)
+    assert all(torch.equal(restart_start[key], first_run[key]) for key in first_run)  # the EMA copy, not the raw
+    assert any(not torch.equal(first_run[key], trained_weights(work / "transformer", use_ema=False)[key])
+               for key in first_run)
+    assert (restart_config.steps, restart_config.learning_rate, restart_config.warmup_steps,
+            restart_config.ema_decay, restart_config.batch_size) == (3, 5e-4, 1, 0.5, QUICK.transformer.batch_size)
+    losses = [json.loads(line) for line in (work / "transformer-restart-1" / "loss.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in losses] == [2, 3]
+    assert losses[0]["lr"] == pytest.approx(5e-4)  # warmed up again after one step
+    from diffusers import QwenImageTransformer2DModel
+
+    published = QwenImageTransformer2DModel.from_pretrained(work / "model" / "transformer",
+                                                          torch_dtype=torch.bfloat16).state_dict()
+    restarted = trained_weights(work / "transformer-restart-1")
+    assert all(torch.equal(published[key], restarted[key].to(published[key].dtype)) for key in restarted)
+    steps = [m.split()[2] for m in messages if m.startswith("transformer: step")]
+    assert steps[-1] == "7/7" and "4/7" in steps  # one count over both runs
+
+
+def test_a_build_stopped_in_a_restart_resumes_there_and_ends_as_an_unbroken_one(built, tmp_path):
+    root, _, _ = built
+    recipe = replace(QUICK, transformer=replace(QUICK.transformer, steps=4, checkpoint_every=2, log_every=2),
+                     transformer_restarts=(Restart(steps=4, learning_rate=5e-4, warmup_steps=1),))
+    _train_stage_only(recipe, root / "work", tmp_path)
+    unbroken = trained_weights(tmp_path / "transformer-restart-1")
+    first_log = (tmp_path / "transformer" / "loss.jsonl").read_text()
+    shutil.rmtree(tmp_path / "transformer-restart-1" / "checkpoints" / "step-0000004")  # as if stopped at step 2
+
+    messages: list[str] = []
+    _Build(recipe, tmp_path, messages.append).transformer(tmp_path / "model" / "transformer")
+    assert (tmp_path / "transformer" / "loss.jsonl").read_text() == first_log  # the first run was not trained again
+    resumed = trained_weights(tmp_path / "transformer-restart-1")
+    for key in unbroken:
+        torch.testing.assert_close(resumed[key], unbroken[key])
+    assert [m.split()[2] for m in messages if m.startswith("transformer: step")] == ["8/8"]
+
+
+@pytest.mark.parametrize("restart, message", [
+    (Restart(steps=0, learning_rate=1e-3),
+     "transformer_restarts[0]: TrainConfig.steps must be a whole number of at least 1, got 0."),
+    (Restart(steps=10, learning_rate=1e-3, min_lr_ratio=2.0),
+     "transformer_restarts[0]: TrainConfig.min_lr_ratio must be a finite number (>= 0 and <= 1), got 2.0."),
+])
+def test_the_recipe_checks_each_restart(restart, message):
+    with pytest.raises(ValueError) as raised:
+        Recipe(transformer_restarts=(restart,))
+    assert str(raised.value) == message
 
 
 def test_a_failing_worker_process_is_reported_with_its_error(tmp_path):
