@@ -73,6 +73,15 @@ class Recipe:
     # cost the color is not separated, so oversample_repeats stays 0. A VAE whose decoder learned from blurred
     # and noised latents (half of each batch) did not become blur-proof (9 of 40 squares after the blur) and lost
     # clean ones (29 of 40 against 36; PSNR 29.0 dB).
+    # Where squares stall (all from the 77.3% model, +4,000 steps in bf16 autocast unless said): plain data
+    # 78.9% (squares 48%, color 97.1%: bf16 costs no color), training at shift 1 instead of 3 78.5%; sampling
+    # at cfg 1.5 / 4 77.3 / 71.1% (squares 49 / 28%), at shift 2 76.0%. Generated lone small squares keep a
+    # median fill of 0.877 through all of these and at 8, 20 or 50 steps: rounded squares, where the VAE's
+    # reconstructions of real ones give 0.96 +- 0.03 (circles 0.81; the detector's boundary is between, so it is
+    # fair to them). The one change that moved it: 2,500 steps on renders whose small shapes sit centred on a
+    # latent pixel (8k + 4 px; the cell's room allows it), so each has one sub-latent phase: fill 0.894, class
+    # 81.0% (squares 53%), color 98.3%, two shapes 81.6%, IoU 0.880. That was 22,000 steps in all; a recipe
+    # option for it and a from-scratch build inside the 2 hours are not made yet.
     # Qwen-Image's 8x VAE. With vae.downsamples=2 (4x) a small shape spans 2.6 tokens across, not 1.3, and the
     # VAE reconstructs better (PSNR 32.96 dB against 29.61; small squares read as squares in 100% of held-out
     # reconstructions against 93%), but the transformer, at 4x the tokens, had to train on batches of 32 in bf16
