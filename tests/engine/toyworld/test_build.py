@@ -10,6 +10,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+from diffusers import QwenImageTransformer2DModel
 
 import engine
 from engine.schedulers.flow_match import FlowMatchConfig, dynamic_shift_mu
@@ -213,8 +214,6 @@ def test_a_restart_trains_on_from_the_last_runs_ema_weights_with_its_own_schedul
     losses = [json.loads(line) for line in (work / "transformer-restart-1" / "loss.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in losses] == [2, 3]
     assert losses[0]["lr"] == pytest.approx(5e-4)  # warmed up again after one step
-    from diffusers import QwenImageTransformer2DModel
-
     published = QwenImageTransformer2DModel.from_pretrained(work / "model" / "transformer",
                                                           torch_dtype=torch.bfloat16).state_dict()
     restarted = trained_weights(work / "transformer-restart-1")
