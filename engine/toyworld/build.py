@@ -150,19 +150,17 @@ class _Build:
 
     def transformer(self, folder: Path) -> None:
         from engine.training.logbook import Logbook
-        from engine.training.loop import LOSS_LOG, trained_weights
+        from engine.training.loop import LOSS_LOG
 
         if self.recipe.transformer_processes > 1:
             train_in_processes(self.recipe.transformer_processes, train_transformer, (self.recipe, self.work),
                                self.transformer_progress)
         else:
             train_transformer(self.recipe, self.work, self.transformer_progress)
-        last_run = transformer_run_folders(self.recipe, self.work)[-1]
         transformer = new_transformer(self.recipe)
-        transformer.load_state_dict(trained_weights(last_run,
-                                                    use_ema=self.recipe.transformer_runs()[-1].ema_decay > 0))
+        transformer.load_state_dict(run_weights(self.recipe, self.work, -1))
         transformer.to(_dtype(self.recipe)).save_pretrained(folder, max_shard_size="10MB", safe_serialization=True)
-        losses = Logbook(last_run / LOSS_LOG).read()
+        losses = Logbook(transformer_run_folders(self.recipe, self.work)[-1] / LOSS_LOG).read()
         self.record(transformer_final_loss=losses[-1]["loss"])
 
     def transformer_progress(self, report) -> None:
@@ -222,7 +220,7 @@ def train_transformer(recipe: Recipe, work: Path, progress: Callable | None = No
     between them. A resumed build finds each run's checkpoints: finished runs return at once, the unfinished one
     continues."""
     from engine.training.caching import TrainingCache
-    from engine.training.loop import train, trained_weights
+    from engine.training.loop import train
 
     cache = TrainingCache.load(work / CACHE_FILE, cache_key(recipe))
     if cache is None:
@@ -242,7 +240,7 @@ def train_transformer(recipe: Recipe, work: Path, progress: Callable | None = No
     for index, config in enumerate(runs):
         transformer = new_transformer(recipe)
         if index:  # a restart begins where the last run ended
-            transformer.load_state_dict(trained_weights(folders[index - 1], use_ema=runs[index - 1].ema_decay > 0))
+            transformer.load_state_dict(run_weights(recipe, work, index - 1))
         train(transformer, cache, per_process_config(config, recipe.transformer_processes), schedule,
               folders[index], _across_runs(progress, runs, done_before))
         done_before += config.steps
@@ -253,6 +251,14 @@ def transformer_run_folders(recipe: Recipe, work: Path) -> list[Path]:
     work/transformer-restart-N for restart N."""
     return [work / "transformer"] + [work / f"transformer-restart-{n}"
                                      for n in range(1, len(recipe.transformer_restarts) + 1)]
+
+
+def run_weights(recipe: Recipe, work: Path, index: int) -> dict[str, torch.Tensor]:
+    """The weights transformer run `index` (0 the first, -1 the last) ended with: its EMA copy when it kept one."""
+    from engine.training.loop import trained_weights
+
+    return trained_weights(transformer_run_folders(recipe, work)[index],
+                           use_ema=recipe.transformer_runs()[index].ema_decay > 0)
 
 
 def _across_runs(progress: Callable | None, runs: list, done_before: int) -> Callable | None:
